@@ -1,0 +1,240 @@
+"""In-process ``ChatBackend``: a Hugging Face Qwen2.5-VL (optionally with a LoRA adapter) on CPU/GPU.
+
+Decoding is defined entirely by each request's ``Sampling``: the checkpoint's ``generation_config``
+contributes only its stop and pad token ids; its sampling defaults (``top_k``, ``repetition_penalty``,
+a low default temperature...) are overridden so that the same ``Sampling`` means the same thing here
+as in the other backends.
+
+``Completion.logprobs`` are the *raw* model log-probabilities of the chosen tokens: log-softmax of the
+unprocessed logits (``output_logits=True``), i.e. at temperature 1 and before top-p filtering. This is
+the quantity vLLM reports by default and the policy log-probability GRPO works with; it does not
+depend on the sampling parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from graph.protocol import BackendError, ChatRequest, Completion, Sampling
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Whether ``name`` is meant as a filesystem path rather than a hub id like ``Qwen/Qwen2.5-VL-3B``."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+class TransformersBackend:
+    """Completes chat batches with ``model.generate`` on a locally loaded Qwen2.5-VL-style model.
+
+    ``model_path`` is a local checkpoint directory or a hub id (honours ``HF_HUB_OFFLINE``);
+    ``adapter_path`` an optional PEFT LoRA adapter (needs the ``train`` extra). ``device`` is
+    ``"auto"`` (CUDA when available, else CPU) or a torch device string; ``dtype`` is ``"auto"``
+    (float32 on CPU, the checkpoint's dtype on GPU) or one of float32/bfloat16/float16.
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        adapter_path: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        model_id: str | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be 'auto' or one of {_DTYPES}, got {dtype!r}")
+        for label, path in (("model", model_path), ("adapter", adapter_path)):
+            if path is not None and _looks_like_local_path(path) and not Path(path).expanduser().exists():
+                raise BackendError(f"{label} path does not exist: {Path(path).expanduser()}")
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_device = torch.device(device)
+        if dtype != "auto":
+            torch_dtype: Any = getattr(torch, dtype)
+        else:
+            # bf16/fp16 matmuls on CPU are slow and lossy; the checkpoint's own dtype on accelerators.
+            torch_dtype = torch.float32 if torch_device.type == "cpu" else "auto"
+
+        started = time.perf_counter()
+        try:
+            model = AutoModelForImageTextToText.from_pretrained(
+                model_path, dtype=torch_dtype, device_map=str(torch_device)
+            )
+            self.processor = AutoProcessor.from_pretrained(model_path)
+        except Exception as exc:
+            raise BackendError(f"cannot load model {model_path!r}: {type(exc).__name__}: {exc}") from exc
+        if adapter_path is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as exc:
+                raise BackendError("a LoRA adapter needs peft: pip install 'mmedagent-rl[train]'") from exc
+            try:
+                model = PeftModel.from_pretrained(model, adapter_path)
+            except Exception as exc:
+                raise BackendError(
+                    f"cannot load adapter {adapter_path!r}: {type(exc).__name__}: {exc}"
+                ) from exc
+        # device_map placed the base weights and peft puts adapter weights beside their base layers.
+        self.model = model.eval()
+
+        tokenizer = self.processor.tokenizer
+        gen_config = self.model.generation_config
+        eos = gen_config.eos_token_id if gen_config.eos_token_id is not None else tokenizer.eos_token_id
+        self._eos_ids: list[int] = sorted(
+            {*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None}
+        )
+        if not self._eos_ids:
+            raise BackendError(f"model {model_path!r} defines no eos token")
+        pad = gen_config.pad_token_id if gen_config.pad_token_id is not None else tokenizer.pad_token_id
+        self._pad_id: int = pad if pad is not None else self._eos_ids[0]
+
+        self._model_id = model_id or (f"{model_path}@{adapter_path}" if adapter_path else model_path)
+        self._lock = threading.Lock()
+        logger.info(
+            "loaded %s on %s (%s) in %.1fs",
+            self._model_id,
+            torch_device,
+            self.model.dtype,
+            time.perf_counter() - started,
+        )
+
+    @property
+    def model_id(self) -> str:
+        """The checkpoint (``path@adapter`` with an adapter) unless a ``model_id`` was given."""
+        return self._model_id
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """Complete ``requests`` in order: one batched ``generate`` per distinct ``Sampling``.
+
+        ``prompt_tokens`` counts a request's unpadded prompt, image placeholder tokens included;
+        ``latency_s`` is the wall time of the batched call that produced a completion (shared by the
+        requests in that batch). With a ``seed``, sampled output depends on the whole batch, so it
+        is reproducible for the same batch, not per request.
+        """
+        completions: list[Completion | None] = [None] * len(requests)
+        groups: dict[Sampling, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.sampling, []).append(index)
+        with self._lock:
+            for sampling, indices in groups.items():
+                try:
+                    batch = self._generate_batch([requests[i] for i in indices], sampling)
+                except BackendError:
+                    raise
+                except Exception as exc:
+                    raise BackendError(
+                        f"{self._model_id}: generation failed for a batch of {len(indices)}: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                for index, completion in zip(indices, batch, strict=True):
+                    completions[index] = completion
+        return [c for c in completions if c is not None]
+
+    def _generate_batch(self, requests: list[ChatRequest], sampling: Sampling) -> list[Completion]:
+        import torch
+
+        texts = [
+            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        # The processor takes one flat image list for the batch and hands the images to the
+        # <|image_pad|> placeholders in order, so requests without images need no special case.
+        images = [image for r in requests for image in r.images]
+        inputs = self.processor(
+            text=texts,
+            images=images or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(self.model.device)
+
+        options: dict[str, Any] = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "eos_token_id": self._eos_ids,
+            "pad_token_id": self._pad_id,
+            "repetition_penalty": 1.0,
+            "return_dict_in_generate": True,
+            "output_logits": True,
+        }
+        if sampling.temperature > 0:
+            options |= {
+                "do_sample": True,
+                "temperature": sampling.temperature,
+                "top_p": sampling.top_p,
+                "top_k": 0,
+            }
+        else:
+            options["do_sample"] = False
+
+        started = time.perf_counter()
+        with self._seeded(sampling.seed):
+            output = self.model.generate(**inputs, **options)
+        latency = time.perf_counter() - started
+
+        prompt_len = inputs["input_ids"].shape[1]
+        generated = output.sequences[:, prompt_len:]
+        logprobs = torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(1, generated[:, t : t + 1]).squeeze(1)
+                for t, step in enumerate(output.logits)
+            ],
+            dim=1,
+        )
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+
+        eos = set(self._eos_ids)
+        completions = []
+        for row, (ids, row_logprobs) in enumerate(zip(generated.tolist(), logprobs.tolist(), strict=True)):
+            # Keep the stop token (it was generated and has a logprob); drop the padding after it.
+            length = next((i + 1 for i, token in enumerate(ids) if token in eos), len(ids))
+            token_ids = ids[:length]
+            completions.append(
+                Completion(
+                    text=self.processor.tokenizer.decode(token_ids, skip_special_tokens=True),
+                    model_id=self._model_id,
+                    token_ids=token_ids,
+                    logprobs=row_logprobs[:length],
+                    prompt_tokens=int(prompt_tokens[row]),
+                    completion_tokens=length,
+                    latency_s=latency,
+                )
+            )
+        logger.debug(
+            "%s: %d requests, %d new tokens max, %.3fs",
+            self._model_id,
+            len(requests),
+            generated.shape[1],
+            latency,
+        )
+        return completions
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None) -> Iterator[None]:
+        """Seed torch's RNG for one call without disturbing the caller's global RNG state."""
+        if seed is None:
+            yield
+            return
+        import torch
+
+        device: torch.device = self.model.device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield

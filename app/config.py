@@ -1,0 +1,97 @@
+"""Settings: embedded defaults, then ``mmedagent.toml`` (or ``$MMEDAGENT_CONFIG``), then env vars.
+
+Env vars use the prefix ``MMEDAGENT_`` and ``__`` for nesting, e.g.
+``MMEDAGENT_ATTENDING__MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``MMEDAGENT_DB_URL=postgresql+psycopg://…``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from data.images import ImageLimits
+from graph.protocol import Sampling
+
+BackendKind = Literal["transformers"]
+
+
+class RoleSpec(BaseModel):
+    """Which model plays a role and how it decodes."""
+
+    model: str | None = Field(None, description="local path or hub id; None: the global `model`")
+    adapter: str | None = Field(None, description="LoRA adapter directory")
+    backend: BackendKind = "transformers"
+    max_new_tokens: int = Field(256, ge=1, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+
+    def sampling(self) -> Sampling:
+        return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+
+class Settings(BaseSettings):
+    """Everything configurable. Defaults run offline on the tiny model and a SQLite file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MMEDAGENT_",
+        env_nested_delimiter="__",
+        toml_file=os.environ.get("MMEDAGENT_CONFIG", "mmedagent.toml"),
+        extra="forbid",
+    )
+
+    home: Path = Field(Path(".mmedagent"), description="where the DB, checkpoints and tiny model live")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in `home`")
+    model: str | None = Field(None, description="model for every role; default: the tiny model in `home`")
+    device: str = "auto"
+    n_specialists: int = Field(3, ge=1, le=7)
+    triage: RoleSpec = RoleSpec(max_new_tokens=64)
+    specialist: RoleSpec = RoleSpec(max_new_tokens=128)
+    attending: RoleSpec = RoleSpec(max_new_tokens=192)
+    store_pixels: bool = Field(True, description="False: store image hashes only (patient data)")
+    max_image_bytes: int = 32 * 1024 * 1024
+    max_source_pixels: int = 50_000_000
+    max_pixels: int = 1280 * 28 * 28
+    max_question_chars: int = 8_000
+    max_options: int = 26
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.home / 'mmedagent.db').resolve()}"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.home / "checkpoints.sqlite"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.home / "tiny-qwen2.5-vl"
+
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_source_pixels, self.max_pixels)
+
+    def role(self, name: str) -> RoleSpec:
+        return {"triage": self.triage, "specialist": self.specialist, "attending": self.attending}[name]
+
+    def model_for(self, role: str) -> str:
+        """The model path/id a role loads: its own, else the global one, else the tiny model."""
+        return self.role(role).model or self.model or str(self.tiny_model_dir)

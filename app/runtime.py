@@ -1,0 +1,230 @@
+"""Wiring: settings -> backends + store + graph, and ``Runtime.ask`` to run one case end to end."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from app.config import Settings
+from data.images import ImageError, LoadedImage, image_from_bytes
+from data.store import ImageIn, RunIn, TrajectoryStore
+from graph.build import build_graph
+from graph.context import GraphContext
+from graph.protocol import ChatBackend
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger(__name__)
+
+EventHandler = Callable[[dict[str, Any]], None]
+
+
+class InputError(ValueError):
+    """The case itself is unusable (empty question, too many options...): nothing is stored."""
+
+
+@dataclass
+class CaseRequest:
+    """One question about a case, with its already validated images."""
+
+    question: str
+    images: Sequence[LoadedImage]
+    options: Sequence[str] = ()
+    case_id: str | None = None
+    gold_answer: str | None = None
+    gold_specialty: str | None = None
+    source: str = "cli"
+    thread_id: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CaseResult:
+    """What a run produced; ``status == "error"`` carries the error and the steps that finished."""
+
+    run_id: str
+    thread_id: str
+    status: str
+    specialties: list[str]
+    triage_status: str | None
+    opinions: list[dict[str, Any]]
+    answer: str | None
+    answer_status: str | None
+    error: str | None
+    wall_s: float
+    steps: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready result for ``mmedagent ask --json``."""
+        return {
+            "run_id": self.run_id,
+            "thread_id": self.thread_id,
+            "status": self.status,
+            "error": self.error,
+            "triage": {"specialties": self.specialties, "parse_status": self.triage_status},
+            "opinions": self.opinions,
+            "answer": self.answer,
+            "parse_status": self.answer_status,
+            "timings": {
+                "wall_s": round(self.wall_s, 4),
+                "model_s": round(sum(s.get("latency_s", 0.0) for s in self.steps), 4),
+                "steps": [
+                    {
+                        "node": s["node"],
+                        "specialty": s.get("specialty"),
+                        "latency_s": round(s["latency_s"], 4),
+                    }
+                    for s in self.steps
+                ],
+            },
+        }
+
+
+class Runtime:
+    """Owns the store, the backends, the checkpointer and the compiled graph."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backends: Mapping[str, ChatBackend] | None = None,
+        store: TrajectoryStore | None = None,
+    ):
+        self.settings = settings
+        settings.home.mkdir(parents=True, exist_ok=True)
+        self.store = store or TrajectoryStore(settings.database_url, store_pixels=settings.store_pixels)
+        if backends is None:
+            from app.backends.factory import build_backends
+
+            backends = build_backends(settings)
+        self.backends = dict(backends)
+        self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
+        self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn))
+        self._images: dict[str, Image.Image] = {}
+        self._images_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._checkpoint_conn.close()
+        self.store.close()
+
+    def context(self) -> GraphContext:
+        s = self.settings
+        return GraphContext(
+            backends=self.backends,
+            resolve_image=self.resolve_image,
+            sampling={r: s.role(r).sampling() for r in ("triage", "specialist", "attending")},
+            n_specialists=s.n_specialists,
+        )
+
+    def resolve_image(self, sha256: str) -> Image.Image:
+        """The normalised pixels of an image: from this process's cache, else from the store."""
+        with self._images_lock:
+            cached = self._images.get(sha256)
+        if cached is not None:
+            return cached
+        data = self.store.image_bytes(sha256)
+        if data is None:
+            raise ImageError(f"image {sha256[:12]} is not available (unknown, or stored as a hash only)")
+        image = image_from_bytes(data, self.settings.image_limits())
+        with self._images_lock:
+            self._images[sha256] = image
+        return image
+
+    def validate(self, req: CaseRequest) -> None:
+        """Reject unusable cases before anything runs or is written."""
+        s = self.settings
+        if not req.question or not req.question.strip():
+            raise InputError("the question is empty")
+        if len(req.question) > s.max_question_chars:
+            raise InputError(
+                f"the question is {len(req.question)} characters; the limit is {s.max_question_chars}"
+            )
+        if len(req.options) > s.max_options:
+            raise InputError(f"{len(req.options)} options; the limit is {s.max_options}")
+        if any(not o.strip() for o in req.options):
+            raise InputError("an option is empty")
+        if not req.images:
+            raise InputError("a case needs at least one image")
+
+    def ask(self, req: CaseRequest, on_event: EventHandler | None = None) -> CaseResult:
+        """Run one case through the graph and persist its trajectory (also when it fails)."""
+        self.validate(req)
+        run_id = uuid.uuid4().hex
+        thread_id = req.thread_id or run_id
+        with self._images_lock:
+            for img in req.images:
+                self._images[img.sha256] = img.image
+        case_input = {
+            "question": req.question.strip(),
+            "options": [o.strip() for o in req.options],
+            "image_hashes": [img.sha256 for img in req.images],
+        }
+        config = {"configurable": {"thread_id": thread_id}, "run_id": uuid.UUID(run_id)}
+        steps: list[dict[str, Any]] = []
+        final: dict[str, Any] = {}
+        error: str | None = None
+        created = datetime.now(UTC)
+        t0 = time.perf_counter()
+        try:
+            for mode, chunk in self.graph.stream(
+                case_input, config, context=self.context(), stream_mode=["custom", "values"]
+            ):
+                if mode == "values":
+                    final = chunk
+                    continue
+                if chunk.get("event") == "step_finished":
+                    steps.append(chunk["record"])
+                if on_event:
+                    on_event(chunk)
+        except Exception as exc:  # the run is recorded as failed, whatever broke
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("run %s failed: %s", run_id, error)
+        wall = time.perf_counter() - t0
+        status = "error" if error else "ok"
+        run = RunIn(
+            id=run_id,
+            thread_id=thread_id,
+            question=case_input["question"],
+            status=status,
+            options=case_input["options"],
+            image_shas=case_input["image_hashes"],
+            error=error,
+            source=req.source,
+            case_id=req.case_id,
+            gold_answer=req.gold_answer,
+            gold_specialty=req.gold_specialty,
+            specialties=final.get("specialties", []),
+            answer=None if error else final.get("answer"),
+            answer_status=None if error else final.get("answer_status"),
+            created_at=created,
+            wall_s=wall,
+            meta=req.meta,
+        )
+        images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
+        self.store.save_run(run, steps, images)
+        result = CaseResult(
+            run_id=run_id,
+            thread_id=thread_id,
+            status=status,
+            specialties=run.specialties,
+            triage_status=final.get("triage_status"),
+            opinions=[] if error else list(final.get("opinions", [])),
+            answer=run.answer,
+            answer_status=run.answer_status,
+            error=error,
+            wall_s=wall,
+            steps=steps,
+        )
+        if on_event:
+            on_event({"event": "run_finished", "run_id": run_id, "status": status, "error": error})
+        return result

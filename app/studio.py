@@ -1,0 +1,27 @@
+"""Entry point for ``langgraph dev`` / LangGraph Studio (see langgraph.json).
+
+Studio supplies its own checkpointer and cannot pass Python objects as context, so the graph
+falls back to a context built from the settings (tiny model + SQLite defaults unless configured).
+Images must already be in the store (run a case through the CLI or UI first, then reuse its hashes).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from app.config import Settings
+from graph.build import build_graph
+from graph.context import GraphContext
+
+
+@cache
+def _context() -> GraphContext:
+    from app.cli import ensure_default_model
+    from app.runtime import Runtime
+
+    settings = Settings()
+    ensure_default_model(settings)
+    return Runtime(settings).context()
+
+
+graph = build_graph(default_context=_context)

@@ -1,0 +1,106 @@
+"""SQLAlchemy models of the trajectory store. Changes go through an Alembic migration."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),
+    }
+
+
+class ImageBlob(Base):
+    """An image, content-addressed by the sha256 of its bytes and stored once."""
+
+    __tablename__ = "images"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    mime: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    # NULL when the deployment stores hashes only (no pixels).
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Run(Base):
+    """One question about one case, through the whole graph."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | error
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    source: Mapped[str] = mapped_column(String(32), default="cli", index=True)
+    case_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    question: Mapped[str] = mapped_column(Text)
+    options: Mapped[list[Any]] = mapped_column(default=list)
+    gold_answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    gold_specialty: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    specialties: Mapped[list[Any]] = mapped_column(default=list)
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)
+    answer_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    images: Mapped[list[RunImage]] = relationship(
+        order_by="RunImage.position", cascade="all, delete-orphan", back_populates="run"
+    )
+    steps: Mapped[list[Step]] = relationship(
+        order_by="Step.seq", cascade="all, delete-orphan", back_populates="run"
+    )
+
+
+class RunImage(Base):
+    """The images of a run, in the order the prompts refer to them."""
+
+    __tablename__ = "run_images"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+
+    run: Mapped[Run] = relationship(back_populates="images")
+
+
+class Step(Base):
+    """One model call inside a run: the exact prompt, the completion and what it cost."""
+
+    __tablename__ = "steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    node: Mapped[str] = mapped_column(String(32))
+    role: Mapped[str] = mapped_column(String(32), index=True)
+    specialty: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    messages: Mapped[list[Any]] = mapped_column()
+    image_refs: Mapped[list[Any]] = mapped_column(default=list)
+    completion: Mapped[str] = mapped_column(Text)
+    parsed: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    parse_status: Mapped[str] = mapped_column(String(16))
+    token_ids: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    logprobs: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_s: Mapped[float] = mapped_column(Float, default=0.0)
+    model_id: Mapped[str] = mapped_column(String(512))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="steps")

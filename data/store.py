@@ -1,0 +1,248 @@
+"""The trajectory store: every run and each of its model calls, persisted as an RL dataset."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from data import migrate
+from data.schema import ImageBlob, Run, RunImage, Step
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class ImageIn:
+    """An image to store with a run: its content address and (unless hash-only) its bytes."""
+
+    sha256: str
+    mime: str
+    width: int
+    height: int
+    data: bytes
+
+
+@dataclass
+class RunIn:
+    """A finished (or failed) run, ready to persist in one transaction."""
+
+    id: str
+    thread_id: str
+    question: str
+    status: str
+    options: list[str] = field(default_factory=list)
+    image_shas: list[str] = field(default_factory=list)
+    error: str | None = None
+    source: str = "cli"
+    case_id: str | None = None
+    gold_answer: str | None = None
+    gold_specialty: str | None = None
+    specialties: list[str] = field(default_factory=list)
+    answer: str | None = None
+    answer_status: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    wall_s: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+_STEP_FIELDS = (
+    "node",
+    "role",
+    "specialty",
+    "messages",
+    "image_refs",
+    "completion",
+    "parsed",
+    "parse_status",
+    "token_ids",
+    "logprobs",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_s",
+    "model_id",
+)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (UI, export) run beside a writer; busy_timeout makes writers wait, not fail.
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, a busy timeout and their folder created."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        db = engine.url.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "locked" in text or "busy" in text
+
+
+class TrajectoryStore:
+    """Runs, steps and images in any SQLAlchemy database (SQLite file by default)."""
+
+    def __init__(self, url: str, *, init_empty: bool = True, store_pixels: bool = True, retries: int = 5):
+        self.url = url
+        self.engine = make_engine(url)
+        migrate.ensure_current(self.engine, init_empty=init_empty)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.store_pixels = store_pixels
+        self.retries = retries
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as s:
+            yield s
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction, retrying when another writer holds the SQLite lock."""
+        for attempt in range(self.retries + 1):
+            try:
+                with self._sessions.begin() as s:
+                    return fn(s)
+            except OperationalError as exc:
+                if not _is_locked(exc) or attempt == self.retries:
+                    raise
+                delay = 0.05 * 2**attempt
+                log.warning("database busy, retrying in %.2fs (%s)", delay, exc.orig)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def save_run(self, run: RunIn, steps: Sequence[Mapping[str, Any]], images: Sequence[ImageIn]) -> str:
+        """Persist a run, its steps and any new images in one transaction; returns the run id."""
+
+        def write(s: Session) -> str:
+            known = set(
+                s.scalars(select(ImageBlob.sha256).where(ImageBlob.sha256.in_([i.sha256 for i in images])))
+            )
+            for img in {i.sha256: i for i in images}.values():
+                if img.sha256 not in known:
+                    s.add(
+                        ImageBlob(
+                            sha256=img.sha256,
+                            mime=img.mime,
+                            width=img.width,
+                            height=img.height,
+                            size_bytes=len(img.data),
+                            data=img.data if self.store_pixels else None,
+                        )
+                    )
+            s.flush()
+            row = Run(
+                id=run.id,
+                thread_id=run.thread_id,
+                status=run.status,
+                error=run.error,
+                source=run.source,
+                case_id=run.case_id,
+                question=run.question,
+                options=list(run.options),
+                gold_answer=run.gold_answer,
+                gold_specialty=run.gold_specialty,
+                specialties=list(run.specialties),
+                answer=run.answer,
+                answer_status=run.answer_status,
+                created_at=run.created_at or datetime.now(UTC),
+                finished_at=run.finished_at or datetime.now(UTC),
+                wall_s=run.wall_s,
+                meta=dict(run.meta),
+            )
+            row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
+            row.steps = [
+                Step(
+                    seq=i,
+                    started_at=datetime.fromtimestamp(st.get("started_at") or time.time(), UTC),
+                    **{k: st.get(k) for k in _STEP_FIELDS},
+                )
+                for i, st in enumerate(steps)
+            ]
+            s.add(row)
+            return run.id
+
+        return self._write(write)
+
+    def get_run(self, run_id: str) -> Run | None:
+        """The run with its steps and image refs loaded (detached, safe to read after return)."""
+        with self._sessions() as s:
+            stmt = (
+                select(Run).where(Run.id == run_id).options(selectinload(Run.steps), selectinload(Run.images))
+            )
+            return s.scalars(stmt).one_or_none()
+
+    def list_runs(
+        self, *, limit: int = 50, status: str | None = None, source: str | None = None
+    ) -> list[Run]:
+        """Newest runs first."""
+        stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(Run.status == status)
+        if source:
+            stmt = stmt.where(Run.source == source)
+        with self._sessions() as s:
+            return list(s.scalars(stmt))
+
+    def image_bytes(self, sha256: str) -> bytes | None:
+        """The stored bytes of an image, or None when unknown or stored as a hash only."""
+        with self._sessions() as s:
+            return s.scalar(select(ImageBlob.data).where(ImageBlob.sha256 == sha256))
+
+
+def run_to_dict(run: Run) -> dict[str, Any]:
+    """A run with its steps as plain JSON-ready data."""
+    return {
+        "run_id": run.id,
+        "thread_id": run.thread_id,
+        "status": run.status,
+        "error": run.error,
+        "source": run.source,
+        "case_id": run.case_id,
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+        "wall_s": run.wall_s,
+        "question": run.question,
+        "options": run.options,
+        "images": [ri.sha256 for ri in run.images],
+        "gold_answer": run.gold_answer,
+        "gold_specialty": run.gold_specialty,
+        "specialties": run.specialties,
+        "answer": run.answer,
+        "answer_status": run.answer_status,
+        "meta": run.meta,
+        "steps": [
+            {
+                "seq": st.seq,
+                "started_at": st.started_at.isoformat() if st.started_at else None,
+                **{k: getattr(st, k) for k in _STEP_FIELDS},
+            }
+            for st in run.steps
+        ],
+    }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages that the tests use: a real PostgreSQL server and a real Chromium + driver.
+# Installed only when missing and when we are root; tests that need them skip with a reason otherwise.
+set -uo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "not root: cannot install ${need[*]}; tests that need them will skip" >&2; exit 0
+fi
+echo "installing Debian packages: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
+  || echo "could not install ${need[*]}; tests that need them will skip" >&2
+exit 0

@@ -1,0 +1,173 @@
+"""data.synthetic: the seeded synthetic clinic."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data.images import load_image
+from data.specialties import SPECIALTIES, specialty_for_modality
+from data.synthetic import (
+    MODALITY_STYLES,
+    QUESTIONS,
+    SPECIALTY_OF_MODALITY,
+    SyntheticCase,
+    generate_cases,
+    iter_cases,
+    make_case,
+)
+
+
+@pytest.fixture(scope="module")
+def cases() -> list[SyntheticCase]:
+    return generate_cases(140, seed=3)
+
+
+def decode(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.mode == "RGB"
+    return np.asarray(image)
+
+
+def mark_pixels(case: SyntheticCase, image: np.ndarray) -> int:
+    colour = np.asarray(MODALITY_STYLES[case.modality].mark_colour, dtype=int)
+    return int((np.abs(image.astype(int) - colour).max(axis=-1) <= 30).sum())
+
+
+def test_same_seed_gives_identical_bytes() -> None:
+    assert generate_cases(30, seed=7) == generate_cases(30, seed=7)
+
+
+def test_different_seed_gives_different_cases() -> None:
+    a, b = generate_cases(20, seed=0), generate_cases(20, seed=1)
+    assert [c.images for c in a] != [c.images for c in b]
+    assert [c.answer for c in a] != [c.answer for c in b]
+
+
+def test_cases_do_not_depend_on_n() -> None:
+    assert generate_cases(10, seed=2) == generate_cases(25, seed=2)[:10]
+    assert list(itertools.islice(iter_cases(seed=2), 25)) == generate_cases(25, seed=2)
+    assert make_case(17, seed=2) == generate_cases(18, seed=2)[17]
+
+
+def test_case_ids(cases: list[SyntheticCase]) -> None:
+    assert cases[0].case_id == "syn-3-00000"
+    assert cases[123].case_id == "syn-3-00123"
+    assert len({c.case_id for c in cases}) == len(cases)
+
+
+def test_answer_letter_indexes_answer_text(cases: list[SyntheticCase]) -> None:
+    for case in cases:
+        assert [o[:3] for o in case.options] == ["A) ", "B) ", "C) ", "D) "]
+        texts = [o[3:] for o in case.options]
+        assert len(set(texts)) == 4
+        assert texts["ABCD".index(case.answer)] == case.answer_text
+        finding = next(f for f in MODALITY_STYLES[case.modality].findings if f.key == case.finding)
+        assert finding.text == case.answer_text
+        assert sorted(texts) == sorted(f.text for f in MODALITY_STYLES[case.modality].findings)
+
+
+def test_gold_letter_varies(cases: list[SyntheticCase]) -> None:
+    counts = Counter(c.answer for c in cases)
+    assert set(counts) == set("ABCD")
+    assert min(counts.values()) >= len(cases) // 8
+
+
+def test_specialties_balanced_and_consistent(cases: list[SyntheticCase]) -> None:
+    counts = Counter(c.specialty for c in cases)
+    assert set(counts) == set(SPECIALTIES)
+    assert set(counts.values()) == {len(cases) // len(SPECIALTIES)}  # 140 = 7 × 20: exact
+    for case in cases:
+        assert specialty_for_modality(case.modality) == case.specialty
+    prefix = Counter(c.specialty for c in cases[:10])
+    assert max(prefix.values()) - min(prefix[s] for s in SPECIALTIES) <= 1
+
+
+def test_modalities_cover_specialties_one_to_one() -> None:
+    assert len(MODALITY_STYLES) == len(SPECIALTIES)
+    assert sorted(SPECIALTY_OF_MODALITY.values()) == sorted(SPECIALTIES)  # type: ignore[type-var]
+    for modality, style in MODALITY_STYLES.items():
+        assert style.modality == modality
+        assert specialty_for_modality(modality) == SPECIALTY_OF_MODALITY[modality]
+        assert len(style.findings) == 4 and style.findings[0].mark == "none"
+        # The finding must be readable from the image: one mark shape per finding.
+        assert len({f.mark for f in style.findings}) == 4
+
+
+def test_questions_do_not_give_away_the_specialty(cases: list[SyntheticCase]) -> None:
+    words = [*SPECIALTIES, *MODALITY_STYLES, "patholog", "radiolog", "retina", "skin", "thyroid"]
+    assert {c.question for c in cases} <= {q.format(this="this image") for q in QUESTIONS}
+    for question in QUESTIONS:
+        for word in words:
+            assert not re.search(word, question, re.IGNORECASE), (word, question)
+
+
+def test_images_decode_at_requested_size(cases: list[SyntheticCase]) -> None:
+    for case in cases[:14]:
+        assert len(case.images) == 1
+        assert decode(case.images[0]).shape == (56, 56, 3)
+        loaded = load_image(case.images[0])  # the synthetic clinic feeds the same loader as uploads
+        assert loaded.data == case.images[0] and loaded.image.size == (56, 56)
+    big = make_case(0, seed=0, size=112)
+    assert decode(big.images[0]).shape == (112, 112, 3)
+
+
+def test_two_image_cases() -> None:
+    for case in generate_cases(14, seed=5, image_count=2):
+        assert len(case.images) == 2
+        assert case.images[0] != case.images[1]  # two views, not a copy
+        assert "these images" in case.question
+        for png in case.images:
+            # Both views show the same finding: a mark exactly when the finding is abnormal.
+            assert (mark_pixels(case, decode(png)) > 0) == (case.finding != "normal")
+
+
+def test_mean_colour_identifies_the_modality(cases: list[SyntheticCase]) -> None:
+    means = {c.case_id: decode(c.images[0]).reshape(-1, 3).mean(axis=0) for c in cases}
+    centroids = {
+        m: np.mean([means[c.case_id] for c in cases if c.modality == m], axis=0) for m in MODALITY_STYLES
+    }
+    for a, b in itertools.combinations(centroids, 2):
+        assert np.linalg.norm(centroids[a] - centroids[b]) > 30, (a, b)
+    # A nearest-centroid classifier on mean colour alone gets every case right.
+    for case in cases:
+        nearest = min(centroids, key=lambda m: np.linalg.norm(means[case.case_id] - centroids[m]))
+        assert nearest == case.modality
+
+
+def test_marks_present_exactly_for_abnormal_findings(cases: list[SyntheticCase]) -> None:
+    seen_normal = seen_abnormal = False
+    for case in cases:
+        marked = mark_pixels(case, decode(case.images[0]))
+        if case.finding == "normal":
+            seen_normal = True
+            assert marked == 0, case.case_id
+        else:
+            seen_abnormal = True
+            assert marked >= 9, case.case_id
+    assert seen_normal and seen_abnormal
+
+
+def test_large_marks_are_larger_than_small_ones(cases: list[SyntheticCase]) -> None:
+    area: dict[str, list[int]] = {"small_disc": [], "large_disc": []}
+    for case in cases:
+        mark = next(f.mark for f in MODALITY_STYLES[case.modality].findings if f.key == case.finding)
+        if mark in area:
+            area[mark].append(mark_pixels(case, decode(case.images[0])))
+    assert area["small_disc"] and area["large_disc"]
+    assert max(area["small_disc"]) * 2 < min(area["large_disc"])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"n": -1}, {"n": 1, "seed": -1}, {"n": 1, "size": 50}, {"n": 1, "size": 0}, {"n": 1, "image_count": 0}],
+)
+def test_invalid_arguments(kwargs: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        generate_cases(**kwargs)
