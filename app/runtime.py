@@ -16,10 +16,11 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from app.config import Settings
 from data.images import ImageError, LoadedImage, image_from_bytes
-from data.store import ImageIn, RunIn, TrajectoryStore
+from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from graph.build import build_graph
 from graph.context import GraphContext
 from graph.protocol import ChatBackend
+from rl.rewards import step_rewards
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -45,6 +46,7 @@ class CaseRequest:
     gold_specialty: str | None = None
     source: str = "cli"
     thread_id: str | None = None
+    eval_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,10 +110,22 @@ class Runtime:
 
             backends = build_backends(settings)
         self.backends = dict(backends)
+        self.policy_ids = self._resolve_policies()
         self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
         self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn))
         self._images: dict[str, Image.Image] = {}
         self._images_lock = threading.Lock()
+
+    def _resolve_policies(self) -> dict[str, int]:
+        """Policy version id per role, from what the settings say each role serves."""
+        from app.policies import resolve_policy
+
+        return {
+            role: resolve_policy(
+                self.store, role, self.settings.model_for(role), self.settings.role(role).adapter
+            ).id
+            for role in ("triage", "specialist", "attending")
+        }
 
     def close(self) -> None:
         self._checkpoint_conn.close()
@@ -156,6 +170,21 @@ class Runtime:
         if not req.images:
             raise InputError("a case needs at least one image")
 
+    @staticmethod
+    def _rewards(req: CaseRequest, options: list[str], steps: list[dict[str, Any]]) -> list[RewardIn]:
+        """Automatic rewards for each step whose gold label the case carries."""
+        return [
+            RewardIn(step=i, role=st["role"], kind=kind, value=value)
+            for i, st in enumerate(steps)
+            for kind, value in step_rewards(
+                st["role"],
+                st["completion"],
+                gold_answer=req.gold_answer,
+                options=options,
+                gold_specialty=req.gold_specialty,
+            ).items()
+        ]
+
     def ask(self, req: CaseRequest, on_event: EventHandler | None = None) -> CaseResult:
         """Run one case through the graph and persist its trajectory (also when it fails)."""
         self.validate(req)
@@ -183,7 +212,9 @@ class Runtime:
                     final = chunk
                     continue
                 if chunk.get("event") == "step_finished":
-                    steps.append(chunk["record"])
+                    steps.append(
+                        {**chunk["record"], "policy_version_id": self.policy_ids.get(chunk["record"]["role"])}
+                    )
                 if on_event:
                     on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
@@ -209,9 +240,10 @@ class Runtime:
             created_at=created,
             wall_s=wall,
             meta=req.meta,
+            eval_id=req.eval_id,
         )
         images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
-        self.store.save_run(run, steps, images)
+        self.store.save_run(run, steps, images, self._rewards(req, run.options, steps))
         result = CaseResult(
             run_id=run_id,
             thread_id=thread_id,

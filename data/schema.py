@@ -58,12 +58,16 @@ class Run(Base):
     answer_status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    eval_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     images: Mapped[list[RunImage]] = relationship(
         order_by="RunImage.position", cascade="all, delete-orphan", back_populates="run"
     )
     steps: Mapped[list[Step]] = relationship(
         order_by="Step.seq", cascade="all, delete-orphan", back_populates="run"
+    )
+    rewards: Mapped[list[Reward]] = relationship(
+        order_by="Reward.id", cascade="all, delete-orphan", back_populates="run"
     )
 
 
@@ -102,5 +106,45 @@ class Step(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     model_id: Mapped[str] = mapped_column(String(512))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    policy_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("policy_versions.id"), nullable=True, index=True
+    )
 
     run: Mapped[Run] = relationship(back_populates="steps")
+
+
+class Reward(Base):
+    """A reward for a step or a run: automatic (format/accuracy vs a gold label) or a clinician's
+    verdict. Rows are only ever appended: a later verdict never overwrites an earlier one."""
+
+    __tablename__ = "rewards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step_id: Mapped[int | None] = mapped_column(
+        ForeignKey("steps.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # format | accuracy | clinician
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(32))  # gold | clinician
+    answer: Mapped[str | None] = mapped_column(Text, nullable=True)  # a clinician's right answer
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[Run] = relationship(back_populates="rewards")
+
+
+class PolicyVersion(Base):
+    """A role's serving policy: base model + optional adapter. Every step names the one that made it."""
+
+    __tablename__ = "policy_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    role: Mapped[str] = mapped_column(String(32), index=True)
+    base_model: Mapped[str] = mapped_column(String(512))
+    adapter_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    weights_hash: Mapped[str] = mapped_column(String(64), index=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
+    training_run: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

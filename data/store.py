@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from data import migrate
-from data.schema import ImageBlob, Run, RunImage, Step
+from data.schema import ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -57,6 +57,18 @@ class RunIn:
     finished_at: datetime | None = None
     wall_s: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    eval_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RewardIn:
+    """An automatic reward for the ``step``-th step of the run being saved (None: the whole run)."""
+
+    step: int | None
+    role: str
+    kind: str
+    value: float
+    source: str = "gold"
 
 
 _STEP_FIELDS = (
@@ -74,6 +86,7 @@ _STEP_FIELDS = (
     "completion_tokens",
     "latency_s",
     "model_id",
+    "policy_version_id",
 )
 
 
@@ -137,8 +150,14 @@ class TrajectoryStore:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def save_run(self, run: RunIn, steps: Sequence[Mapping[str, Any]], images: Sequence[ImageIn]) -> str:
-        """Persist a run, its steps and any new images in one transaction; returns the run id."""
+    def save_run(
+        self,
+        run: RunIn,
+        steps: Sequence[Mapping[str, Any]],
+        images: Sequence[ImageIn],
+        rewards: Sequence[RewardIn] = (),
+    ) -> str:
+        """Persist a run, its steps, their rewards and any new images in one transaction."""
 
         def write(s: Session) -> str:
             known = set(
@@ -175,6 +194,7 @@ class TrajectoryStore:
                 finished_at=run.finished_at or datetime.now(UTC),
                 wall_s=run.wall_s,
                 meta=dict(run.meta),
+                eval_id=run.eval_id,
             )
             row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
             row.steps = [
@@ -186,6 +206,19 @@ class TrajectoryStore:
                 for i, st in enumerate(steps)
             ]
             s.add(row)
+            s.flush()
+            for r in rewards:
+                step = row.steps[r.step] if r.step is not None else None
+                s.add(
+                    Reward(
+                        run_id=run.id,
+                        step_id=step.id if step else None,
+                        role=r.role,
+                        kind=r.kind,
+                        value=r.value,
+                        source=r.source,
+                    )
+                )
             return run.id
 
         return self._write(write)
@@ -199,7 +232,12 @@ class TrajectoryStore:
             return s.scalars(stmt).one_or_none()
 
     def list_runs(
-        self, *, limit: int = 50, status: str | None = None, source: str | None = None
+        self,
+        *,
+        limit: int | None = 50,
+        status: str | None = None,
+        source: str | None = None,
+        eval_id: str | None = None,
     ) -> list[Run]:
         """Newest runs first."""
         stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
@@ -207,6 +245,8 @@ class TrajectoryStore:
             stmt = stmt.where(Run.status == status)
         if source:
             stmt = stmt.where(Run.source == source)
+        if eval_id:
+            stmt = stmt.where(Run.eval_id == eval_id)
         with self._sessions() as s:
             return list(s.scalars(stmt))
 
@@ -214,6 +254,100 @@ class TrajectoryStore:
         """The stored bytes of an image, or None when unknown or stored as a hash only."""
         with self._sessions() as s:
             return s.scalar(select(ImageBlob.data).where(ImageBlob.sha256 == sha256))
+
+    def add_feedback(
+        self, run_id: str, *, correct: bool, answer: str | None = None, note: str | None = None
+    ) -> int:
+        """Append a clinician's verdict on a run's final answer as a reward row; returns its id.
+
+        Earlier verdicts are kept: a trainer sees every opinion and when it was given.
+        """
+
+        def write(s: Session) -> int:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(f"no run {run_id!r}")
+            attending = s.scalar(select(Step.id).where(Step.run_id == run_id, Step.role == "attending"))
+            row = Reward(
+                run_id=run_id,
+                step_id=attending,
+                role="attending",
+                kind="clinician",
+                value=1.0 if correct else 0.0,
+                source="clinician",
+                answer=answer,
+                note=note,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+        return self._write(write)
+
+    def rewards(self, run_id: str) -> list[Reward]:
+        """A run's reward rows, oldest first."""
+        with self._sessions() as s:
+            return list(s.scalars(select(Reward).where(Reward.run_id == run_id).order_by(Reward.id)))
+
+    def register_policy(
+        self,
+        role: str,
+        base_model: str,
+        weights_hash: str,
+        *,
+        adapter_path: str | None = None,
+        parent_id: int | None = None,
+        training_run: Mapping[str, Any] | None = None,
+    ) -> PolicyVersion:
+        """Record a new policy version for ``role`` (always a new row: a trained adapter)."""
+
+        def write(s: Session) -> PolicyVersion:
+            row = PolicyVersion(
+                role=role,
+                base_model=base_model,
+                adapter_path=adapter_path,
+                weights_hash=weights_hash,
+                parent_id=parent_id,
+                training_run=dict(training_run or {}),
+            )
+            s.add(row)
+            s.flush()
+            return row
+
+        return self._write(write)
+
+    def policy_for(
+        self, role: str, base_model: str, weights_hash: str, adapter_path: str | None = None
+    ) -> PolicyVersion:
+        """The version row for these exact weights, registered on first use."""
+        with self._sessions() as s:
+            found = s.scalars(
+                select(PolicyVersion)
+                .where(
+                    PolicyVersion.role == role,
+                    PolicyVersion.base_model == base_model,
+                    PolicyVersion.weights_hash == weights_hash,
+                )
+                .order_by(PolicyVersion.id)
+            ).first()
+        return found or self.register_policy(role, base_model, weights_hash, adapter_path=adapter_path)
+
+    def get_policy(self, policy_id: int) -> PolicyVersion | None:
+        with self._sessions() as s:
+            return s.get(PolicyVersion, policy_id)
+
+    def latest_policy(self, role: str) -> PolicyVersion | None:
+        """The newest version registered for ``role``."""
+        with self._sessions() as s:
+            stmt = select(PolicyVersion).where(PolicyVersion.role == role).order_by(PolicyVersion.id.desc())
+            return s.scalars(stmt).first()
+
+    def list_policies(self, role: str | None = None) -> list[PolicyVersion]:
+        stmt = select(PolicyVersion).order_by(PolicyVersion.id)
+        if role:
+            stmt = stmt.where(PolicyVersion.role == role)
+        with self._sessions() as s:
+            return list(s.scalars(stmt))
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
@@ -237,6 +371,7 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "answer": run.answer,
         "answer_status": run.answer_status,
         "meta": run.meta,
+        "eval_id": run.eval_id,
         "steps": [
             {
                 "seq": st.seq,

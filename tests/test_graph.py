@@ -132,3 +132,29 @@ def test_real_tiny_model_end_to_end(make_runtime, tiny_model_dir):
         assert len(step.logprobs) == len(step.token_ids)
         assert step.model_id == str(tiny_model_dir)
         assert step.prompt_tokens > 0
+
+
+def test_rewards_policy_versions_and_feedback_are_stored(make_runtime, scripted_backends):
+    rt = make_runtime(backends=scripted_backends)
+    req = _case_request()
+    result = rt.ask(req)
+    run = rt.store.get_run(result.run_id)
+    rows = rt.store.rewards(result.run_id)
+    by_step = {(r.step_id, r.kind): r.value for r in rows}
+    for st in run.steps:
+        assert (st.id, "format") in by_step
+        assert st.policy_version_id == rt.policy_ids[st.role]
+    triage = run.steps[0]
+    assert by_step[(triage.id, "accuracy")] == float(req.gold_specialty == "Radiologist")
+    attending = run.steps[-1]
+    assert by_step[(attending.id, "accuracy")] == float(req.gold_answer == "B")
+    # clinician verdicts append, never overwrite
+    rt.store.add_feedback(result.run_id, correct=False, answer="C", note="missed the fracture")
+    rt.store.add_feedback(result.run_id, correct=True)
+    clinician = [r for r in rt.store.rewards(result.run_id) if r.kind == "clinician"]
+    assert [(r.value, r.answer, r.step_id) for r in clinician] == [
+        (0.0, "C", attending.id),
+        (1.0, None, attending.id),
+    ]
+    # the same weights map to the same policy version in a new runtime
+    assert make_runtime(backends=scripted_backends).policy_ids == rt.policy_ids

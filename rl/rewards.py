@@ -1,0 +1,90 @@
+"""Reward functions (DESIGN §1): format ∈ {0, 0.5} + accuracy ∈ {0, 1}, per role.
+
+The ``*_value`` functions score one completion; the list-valued functions have TRL's reward
+signature (``completions`` plus dataset columns as keyword arguments) so GRPOTrainer uses them as
+they are. The store's reward rows are computed with the same functions.
+Dataset columns read: ``answer`` (gold option letter or text), ``options``, ``specialty`` (gold).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from graph.parse import is_correct, is_strict_format, parse_think_answer, parse_triage
+
+FORMAT_REWARD = 0.5
+
+RewardFunc = Callable[..., list[float]]
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a completion, plain or conversational (``[{"role": "assistant", ...}]``)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        content = completion[-1].get("content", "")
+        if isinstance(content, list):
+            return "".join(b.get("text", "") for b in content if isinstance(b, dict))
+        return str(content)
+    return ""
+
+
+def format_value(text: str) -> float:
+    """0.5 for exactly ``<think>…</think><answer>…</answer>``, else 0."""
+    return FORMAT_REWARD if is_strict_format(text) else 0.0
+
+
+def answer_accuracy_value(text: str, gold: str, options: Sequence[str]) -> float:
+    """1 when the answer names the gold option (letter or option text, robust to case/punctuation)."""
+    return 1.0 if is_correct(parse_think_answer(text).answer, gold, options) else 0.0
+
+
+def triage_accuracy_value(text: str, gold_specialty: str) -> float:
+    """1 when the first (most relevant) specialty named is the gold one.
+
+    Only the first counts: a reward for "contains the right name" is gamed at once by listing
+    every specialty (DESIGN §6).
+    """
+    chosen = parse_triage(text).specialties
+    return 1.0 if chosen and chosen[0] == gold_specialty else 0.0
+
+
+def _texts(completions: Sequence[Any]) -> list[str]:
+    return [completion_text(c) for c in completions]
+
+
+def format_reward(completions: Sequence[Any], **_: Any) -> list[float]:
+    return [format_value(t) for t in _texts(completions)]
+
+
+def answer_accuracy_reward(
+    completions: Sequence[Any], answer: Sequence[str], options: Sequence[Sequence[str]], **_: Any
+) -> list[float]:
+    return [
+        answer_accuracy_value(t, g, o) for t, g, o in zip(_texts(completions), answer, options, strict=True)
+    ]
+
+
+def triage_accuracy_reward(completions: Sequence[Any], specialty: Sequence[str], **_: Any) -> list[float]:
+    return [triage_accuracy_value(t, g) for t, g in zip(_texts(completions), specialty, strict=True)]
+
+
+REWARD_FUNCS: dict[str, list[RewardFunc]] = {
+    "triage": [format_reward, triage_accuracy_reward],
+    "attending": [format_reward, answer_accuracy_reward],
+    "specialist": [format_reward, answer_accuracy_reward],
+}
+
+
+def step_rewards(
+    role: str, text: str, *, gold_answer: str | None, options: Sequence[str], gold_specialty: str | None
+) -> dict[str, float]:
+    """The automatic rewards of one stored step, by kind; empty when the gold label is unknown."""
+    if role == "triage":
+        if gold_specialty is None:
+            return {}
+        return {"format": format_value(text), "accuracy": triage_accuracy_value(text, gold_specialty)}
+    if gold_answer is None:
+        return {}
+    return {"format": format_value(text), "accuracy": answer_accuracy_value(text, gold_answer, options)}
