@@ -21,6 +21,11 @@ runs_app = typer.Typer(no_args_is_help=True, help="Inspect stored runs (trajecto
 db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(db_app, name="db")
+eval_app = typer.Typer(
+    invoke_without_command=True,
+    help="Evaluate on a benchmark (every case a stored run; rerun to resume); `eval compare A B`.",
+)
+app.add_typer(eval_app, name="eval")
 
 console = Console()
 err = Console(stderr=True)
@@ -39,14 +44,14 @@ def load_settings() -> Settings:
         fail(f"invalid configuration: {str(exc).splitlines()[0]}")
 
 
-def open_runtime(settings: Settings):  # -> Runtime (imported lazily: torch is slow to import)
+def open_runtime(settings: Settings, mode=None):  # -> Runtime (imported lazily: torch is slow to import)
     from app.runtime import Runtime
     from data.migrate import DatabaseNotMigrated
     from graph.protocol import BackendError
 
     ensure_default_model(settings)
     try:
-        return Runtime(settings)
+        return Runtime(settings, mode=mode)
     except DatabaseNotMigrated as exc:
         fail(str(exc))
     except (BackendError, OSError) as exc:
@@ -181,9 +186,7 @@ def runs_list(
     status: Annotated[str | None, typer.Option(help="ok | error")] = None,
 ) -> None:
     """The newest stored runs."""
-    from data.store import TrajectoryStore
-
-    store = TrajectoryStore(load_settings().database_url)
+    store = open_store()
     table = Table()
     table.add_column("run_id", no_wrap=True, min_width=32)
     for col in ("created", "source", "status", "specialists", "answer", "wall s"):
@@ -204,9 +207,9 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """One run with every step: prompt, completion, parse, tokens, latency."""
-    from data.store import TrajectoryStore, run_to_dict
+    from data.store import run_to_dict
 
-    store = TrajectoryStore(load_settings().database_url)
+    store = open_store()
     run = store.get_run(run_id)
     if run is None:
         fail(f"no run {run_id!r}")
@@ -229,6 +232,38 @@ def runs_show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = Fa
     console.print(f"\nanswer: {data['answer']} ({data['answer_status']})", highlight=False)
 
 
+@app.command("ui")
+def ui_command(
+    host: Annotated[
+        str | None, typer.Option(help="default 127.0.0.1; any other host needs a login (see README)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="default 7860")] = None,
+) -> None:
+    """Serve the web app (chat, traces, trajectories) on this machine."""
+    from ui.app import build_app, launch, login
+    from ui.safety import UnsafeBindError, check_bind
+
+    settings = load_settings()
+    host = host or settings.ui.host
+    try:  # checked before the models load: a refused bind should fail fast
+        auth = login(settings)
+        check_bind(host, auth)
+    except (ValueError, UnsafeBindError) as exc:
+        fail(str(exc))
+    runtime = open_runtime(settings)
+    port = port or settings.ui.port
+    login_note = f"login required (user {auth[0]})" if auth else "no login: reachable from this machine only"
+    console.print(
+        f"mmedagent UI on http://{host}:{port}  ({login_note}); Ctrl-C stops it",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        launch(build_app(runtime), settings, host=host, port=port, quiet=True)
+    finally:
+        runtime.close()
+
+
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Migrate the database to the newest schema."""
@@ -238,6 +273,237 @@ def db_upgrade() -> None:
     engine = make_engine(load_settings().database_url)
     upgrade(engine)
     console.print(f"database at revision {current_revision(engine)}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument(help="target revision, e.g. 0001")]) -> None:
+    """Migrate the database back to an older schema (drops what that schema lacks)."""
+    from alembic.util import CommandError
+
+    from data.migrate import current_revision, downgrade
+    from data.store import make_engine
+
+    engine = make_engine(load_settings().database_url)
+    try:
+        downgrade(engine, revision)
+    except CommandError as exc:
+        fail(str(exc))
+    console.print(f"database at revision {current_revision(engine)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's schema revision and the one this version needs (exit 1 when behind)."""
+    from data.migrate import current_revision, head_revision
+    from data.store import make_engine
+
+    engine = make_engine(load_settings().database_url)
+    current, head = current_revision(engine), head_revision()
+    console.print(f"database at revision {current or 'none'}; this version needs {head}", highlight=False)
+    if current != head:
+        fail("run `mmedagent db upgrade`", code=1)
+
+
+def open_store(settings: Settings | None = None):  # -> TrajectoryStore
+    """The trajectory store; exits 2 with the upgrade hint when the schema is not current."""
+    from data.migrate import DatabaseNotMigrated
+    from data.store import TrajectoryStore
+
+    settings = settings or load_settings()
+    try:
+        return TrajectoryStore(settings.database_url, store_pixels=settings.store_pixels)
+    except DatabaseNotMigrated as exc:
+        fail(str(exc))
+
+
+@app.command()
+def feedback(
+    run_id: str,
+    correct: Annotated[
+        bool | None, typer.Option("--correct/--wrong", help="the clinician's verdict on the final answer")
+    ] = None,
+    answer: Annotated[str | None, typer.Option(help="the right answer, when the run's was wrong")] = None,
+    note: Annotated[str | None, typer.Option(help="free-text comment")] = None,
+) -> None:
+    """Record a clinician's verdict on a run's answer (appended: earlier verdicts are kept)."""
+    if correct is None:
+        fail("give the verdict: --correct or --wrong")
+    store = open_store()
+    try:
+        reward_id = store.add_feedback(run_id, correct=correct, answer=answer, note=note)
+    except KeyError:
+        fail(f"no run {run_id!r}")
+    finally:
+        store.close()
+    verdict = "correct" if correct else "wrong"
+    console.print(f"feedback #{reward_id} on run {run_id}: {verdict}", highlight=False)
+
+
+@app.command("export")
+def export_command(
+    role: Annotated[str, typer.Option(help="triage | specialist | attending")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (files are named by role)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="parquet | jsonl | hf")] = "parquet",
+    since: Annotated[
+        str | None, typer.Option(help="runs since an ISO date/datetime (UTC) or a look-back: 24h, 7d, 2w")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="only runs with this status: ok | error")] = None,
+    with_gold: Annotated[
+        bool,
+        typer.Option("--with-gold", help="only cases with a gold label (triage: specialty, else answer)"),
+    ] = False,
+    difficulty: Annotated[
+        list[str] | None, typer.Option(help="easy | medium | hard (by specialists right); repeatable")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an earlier export of this role")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="rows per batch/row group")] = 256,
+) -> None:
+    """Export stored steps as an RL dataset (one row per model call; TRL-ready parquet/hf)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from data.export import ExportError, ExportFilter, count_rows, export, parse_since
+
+    if status not in (None, "ok", "error"):
+        fail(f"--status must be ok or error, not {status!r}")
+    try:
+        flt = ExportFilter(
+            role=role,
+            since=parse_since(since) if since else None,
+            status=status,
+            with_gold=with_gold,
+            difficulty=difficulty or None,
+        )
+    except ExportError as exc:
+        fail(str(exc))
+    store = open_store()
+    columns = (TextColumn("exporting {task.description}"), BarColumn(), MofNCompleteColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            task = progress.add_task(f"{role} steps", total=count_rows(store, flt))
+            result = export(
+                store, flt, fmt, out, batch_size=batch_size, overwrite=overwrite,
+                on_rows=lambda n: progress.advance(task, n),
+            )  # fmt: skip
+    except ExportError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write the export: {exc}", code=1)
+    finally:
+        store.close()
+    console.print(f"exported {result.rows} {role} rows to {result.path}", highlight=False)
+    if result.images_without_pixels:
+        console.print(
+            f"{result.images_without_pixels} image entries have no pixels (hash-only): null in `images`",
+            highlight=False,
+        )
+
+
+@eval_app.callback()
+def eval_command(
+    ctx: typer.Context,
+    benchmark: Annotated[
+        str | None,
+        typer.Option(
+            "--benchmark",
+            "-b",
+            help="vqa-rad, slake, pathvqa, omnimedvqa, mmmu-med, medxpertqa-mm or synthetic",
+        ),
+    ] = None,
+    path: Annotated[Path | None, typer.Option(help="folder of the benchmark's local copy")] = None,
+    mode: Annotated[str, typer.Option(help="single | vote-N | static | multi")] = "multi",
+    limit: Annotated[int | None, typer.Option(min=0, help="only the first N cases")] = None,
+    split: Annotated[str | None, typer.Option(help="default: the benchmark's test split")] = None,
+    subset: Annotated[str | None, typer.Option(help="OmniMedVQA access/dataset, MMMU subject")] = None,
+    language: Annotated[str, typer.Option(help="SLAKE: en, zh or all")] = "en",
+    n: Annotated[int, typer.Option(min=0, help="synthetic: number of cases")] = 200,
+    seed: Annotated[int, typer.Option(min=0, help="synthetic: seed")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="cases in flight at once")] = 1,
+    specialist_panel: Annotated[
+        list[str] | None, typer.Option("--panel", help="static: a fixed specialist; repeatable")
+    ] = None,
+    vote_temperature: Annotated[float, typer.Option(help="vote-N: sampling temperature")] = 1.0,
+    triage_model: Annotated[str | None, typer.Option("--triage", help="model for the triage role")] = None,
+    specialist_model: Annotated[str | None, typer.Option("--specialist", help="model for specialist")] = None,
+    attending_model: Annotated[str | None, typer.Option("--attending", help="model for attending")] = None,
+    eval_id: Annotated[str | None, typer.Option(help="default: derived from the eval's settings")] = None,
+    out: Annotated[Path | None, typer.Option(help="report folder; default HOME/evals/EVAL_ID")] = None,
+) -> None:
+    """Evaluate one mode of the system on a benchmark and write report.json + report.md."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from data.benchmarks import BENCHMARK_NAMES, BenchmarkError
+    from rl.evaluate import EvalError, EvalSpec, evaluate, write_report
+    from rl.report import report_tables
+
+    if not benchmark:
+        fail(f"--benchmark is required: one of {', '.join(BENCHMARK_NAMES)}")
+    settings = load_settings()
+    models = {"triage": triage_model, "specialist": specialist_model, "attending": attending_model}
+    for role, model in models.items():
+        if model:
+            role_spec = settings.role(role).model_copy(update={"model": model})
+            settings = settings.model_copy(update={role: role_spec})
+    spec = EvalSpec(
+        benchmark=benchmark,
+        mode=mode,
+        path=path,
+        split=split,
+        subset=subset,
+        language=language,
+        limit=limit,
+        n=n,
+        seed=seed,
+        specialists=tuple(specialist_panel or ()),
+        vote_temperature=vote_temperature,
+    )
+    try:
+        graph_mode = spec.graph_mode()
+        settings = spec.settings_for(settings)
+        cases = spec.load_cases()
+    except (BenchmarkError, EvalError) as exc:
+        fail(str(exc))
+    if not cases:
+        fail(f"{benchmark}: no cases to evaluate")
+    runtime = open_runtime(settings, mode=graph_mode)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err) as progress:
+            task = progress.add_task(f"{benchmark} · {mode}", total=len(cases))
+            advance = lambda _outcome: progress.advance(task)  # noqa: E731
+            report = evaluate(runtime, spec, cases, eval_id=eval_id, workers=workers, on_case=advance)
+    except KeyboardInterrupt:
+        fail("interrupted: the finished cases are stored; run the same command again to resume", code=130)
+    finally:
+        runtime.close()
+    json_path, md_path = write_report(report, out or settings.home / "evals" / report["eval_id"])
+    for table in report_tables(report):
+        console.print(table)
+    console.print(f"report: {json_path}  {md_path}", highlight=False)
+
+
+@eval_app.command("compare")
+def eval_compare(
+    a: Annotated[Path, typer.Argument(help="report.json of A (the reference)")],
+    b: Annotated[Path, typer.Argument(help="report.json of B")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+) -> None:
+    """Print B's metrics against A's, with deltas (B − A) and a paired CI on the accuracy delta."""
+    from rl.evaluate import EvalError, read_report
+    from rl.report import compare_reports, compare_table
+
+    try:
+        report_a, report_b = read_report(a), read_report(b)
+    except EvalError as exc:
+        fail(str(exc))
+    cmp = compare_reports(report_a, report_b)
+    if as_json:
+        print(json.dumps(cmp, indent=2))
+        return
+    if report_a["benchmark"] != report_b["benchmark"]:
+        err.print(f"note: different benchmarks ({report_a['benchmark']} vs {report_b['benchmark']})")
+    console.print(compare_table(cmp))
 
 
 def main() -> None:

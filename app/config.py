@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,7 @@ from pydantic_settings import (
 from data.images import ImageLimits
 from graph.protocol import Sampling
 
-BackendKind = Literal["transformers"]
+BackendKind = Literal["transformers", "openai", "vllm"]
 
 
 class RoleSpec(BaseModel):
@@ -30,12 +30,38 @@ class RoleSpec(BaseModel):
     model: str | None = Field(None, description="local path or hub id; None: the global `model`")
     adapter: str | None = Field(None, description="LoRA adapter directory")
     backend: BackendKind = "transformers"
+    # backend = "openai": any /v1/chat/completions server (vllm serve, transformers serve, hosted APIs).
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (openai backend)")
+    api_key_env: str | None = Field(None, description="name of the env var holding the API key")
+    timeout_s: float = Field(120.0, gt=0, description="per HTTP request (openai backend)")
+    max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight (openai backend)")
+    retries: int = Field(3, ge=0, le=20, description="on connect errors, 5xx and 429 (openai backend)")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict, description='extra request fields, e.g. {"return_tokens_as_token_ids": true}'
+    )
     max_new_tokens: int = Field(256, ge=1, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=5.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
     def sampling(self) -> Sampling:
         return Sampling(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p)
+
+    @model_validator(mode="after")
+    def _openai_needs_base_url(self) -> RoleSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs a base_url, e.g. http://127.0.0.1:8000/v1")
+        return self
+
+
+class UISettings(BaseModel):
+    """The Gradio app (``mmedagent ui``). Any host other than loopback requires a username and password."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+    username: str | None = Field(None, description="with `password`: login required (always, when set)")
+    password: SecretStr | None = None
+    max_images: int = Field(8, ge=1, le=64, description="images per chat message")
+    concurrency: int = Field(2, ge=1, le=64, description="cases the app runs at once (others queue)")
 
 
 class Settings(BaseSettings):
@@ -52,6 +78,12 @@ class Settings(BaseSettings):
     db_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in `home`")
     model: str | None = Field(None, description="model for every role; default: the tiny model in `home`")
     device: str = "auto"
+    cpu_threads: int | None = Field(None, ge=1, description="torch CPU threads; None: torch's default")
+    # Micro-batching (transformers, vllm): a batch goes once no request came for batch_gap_ms and every
+    # running case has one waiting, or after batch_wait_ms at most (app/backends/batcher.py).
+    batch_gap_ms: float = Field(5.0, ge=0, le=1000, description="quiet gap that closes a batch")
+    batch_wait_ms: float = Field(50.0, ge=0, le=5000, description="longest wait for companions")
+    max_batch: int = Field(32, ge=1, le=1024, description="requests per model.generate (transformers, vllm)")
     n_specialists: int = Field(3, ge=1, le=7)
     triage: RoleSpec = RoleSpec(max_new_tokens=64)
     specialist: RoleSpec = RoleSpec(max_new_tokens=128)
@@ -62,6 +94,7 @@ class Settings(BaseSettings):
     max_pixels: int = 1280 * 28 * 28
     max_question_chars: int = 8_000
     max_options: int = 26
+    ui: UISettings = UISettings()
 
     @classmethod
     def settings_customise_sources(

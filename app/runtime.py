@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from app.backends.batcher import batching_session
 from app.config import Settings
 from data.images import ImageError, LoadedImage, image_from_bytes
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from graph.build import build_graph
-from graph.context import GraphContext
+from graph.context import GraphContext, GraphMode
 from graph.protocol import ChatBackend
 from rl.rewards import step_rewards
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], None]
+IMAGE_CACHE_SIZE = 256
 
 
 class InputError(ValueError):
@@ -101,10 +104,13 @@ class Runtime:
         *,
         backends: Mapping[str, ChatBackend] | None = None,
         store: TrajectoryStore | None = None,
+        mode: GraphMode | None = None,
     ):
         self.settings = settings
+        self.mode = mode or GraphMode()  # the full system, or an evaluation baseline
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = store or TrajectoryStore(settings.database_url, store_pixels=settings.store_pixels)
+        self._owns_backends = backends is None
         if backends is None:
             from app.backends.factory import build_backends
 
@@ -112,8 +118,9 @@ class Runtime:
         self.backends = dict(backends)
         self.policy_ids = self._resolve_policies()
         self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
-        self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn))
-        self._images: dict[str, Image.Image] = {}
+        self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn), kind=self.mode.kind)
+        # Decoded pixels of recent images (bounded: a long-lived UI process sees many cases).
+        self._images: OrderedDict[str, Image.Image] = OrderedDict()
         self._images_lock = threading.Lock()
 
     def _resolve_policies(self) -> dict[str, int]:
@@ -130,6 +137,11 @@ class Runtime:
     def close(self) -> None:
         self._checkpoint_conn.close()
         self.store.close()
+        if self._owns_backends:  # batcher threads, HTTP connection pools
+            for backend in {id(b): b for b in self.backends.values()}.values():
+                close = getattr(backend, "close", None)
+                if close is not None:
+                    close()
 
     def context(self) -> GraphContext:
         s = self.settings
@@ -138,21 +150,29 @@ class Runtime:
             resolve_image=self.resolve_image,
             sampling={r: s.role(r).sampling() for r in ("triage", "specialist", "attending")},
             n_specialists=s.n_specialists,
+            mode=self.mode,
         )
 
     def resolve_image(self, sha256: str) -> Image.Image:
         """The normalised pixels of an image: from this process's cache, else from the store."""
         with self._images_lock:
             cached = self._images.get(sha256)
-        if cached is not None:
-            return cached
+            if cached is not None:
+                self._images.move_to_end(sha256)
+                return cached
         data = self.store.image_bytes(sha256)
         if data is None:
             raise ImageError(f"image {sha256[:12]} is not available (unknown, or stored as a hash only)")
         image = image_from_bytes(data, self.settings.image_limits())
+        self._cache_image(sha256, image)
+        return image
+
+    def _cache_image(self, sha256: str, image: Image.Image) -> None:
         with self._images_lock:
             self._images[sha256] = image
-        return image
+            self._images.move_to_end(sha256)
+            while len(self._images) > IMAGE_CACHE_SIZE:
+                self._images.popitem(last=False)
 
     def validate(self, req: CaseRequest) -> None:
         """Reject unusable cases before anything runs or is written."""
@@ -190,9 +210,8 @@ class Runtime:
         self.validate(req)
         run_id = uuid.uuid4().hex
         thread_id = req.thread_id or run_id
-        with self._images_lock:
-            for img in req.images:
-                self._images[img.sha256] = img.image
+        for img in req.images:
+            self._cache_image(img.sha256, img.image)
         case_input = {
             "question": req.question.strip(),
             "options": [o.strip() for o in req.options],
@@ -205,18 +224,19 @@ class Runtime:
         created = datetime.now(UTC)
         t0 = time.perf_counter()
         try:
-            for mode, chunk in self.graph.stream(
-                case_input, config, context=self.context(), stream_mode=["custom", "values"]
-            ):
-                if mode == "values":
-                    final = chunk
-                    continue
-                if chunk.get("event") == "step_finished":
-                    steps.append(
-                        {**chunk["record"], "policy_version_id": self.policy_ids.get(chunk["record"]["role"])}
-                    )
-                if on_event:
-                    on_event(chunk)
+            # One batching session per run: local backends batch this run's calls with other runs'.
+            with batching_session():
+                for mode, chunk in self.graph.stream(
+                    case_input, config, context=self.context(), stream_mode=["custom", "values"]
+                ):
+                    if mode == "values":
+                        final = chunk
+                        continue
+                    if chunk.get("event") == "step_finished":
+                        record = chunk["record"]
+                        steps.append({**record, "policy_version_id": self.policy_ids.get(record["role"])})
+                    if on_event:
+                        on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
             error = f"{type(exc).__name__}: {exc}"
             log.warning("run %s failed: %s", run_id, error)

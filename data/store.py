@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from data import migrate
+from data.difficulty import Level, RunDifficulty, level_of, run_scores, specialist_correctness_query
 from data.schema import ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
 
 log = logging.getLogger(__name__)
@@ -92,12 +95,22 @@ _STEP_FIELDS = (
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (UI, export) run beside a writer; busy_timeout makes writers wait, not fail.
+    # The driver's own transaction handling is switched off: SQLAlchemy emits BEGIN (_sqlite_begin),
+    # so DDL is transactional and writers can take the write lock up front.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # A deferred transaction that reads and then writes fails at once with SQLITE_BUSY when another
+    # writer committed since its read (the busy timeout cannot help there); writers therefore begin
+    # IMMEDIATE (engine option ``sqlite_begin``) and queue on the busy timeout instead.
+    conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
 
 
 def make_engine(url: str) -> Engine:
@@ -108,8 +121,13 @@ def make_engine(url: str) -> Engine:
         if db and db != ":memory:":
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+# Dialects with INSERT ... ON CONFLICT DO NOTHING, for race-free image de-duplication.
+_INSERTS: dict[str, Callable[..., Any]] = {"sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
 def _is_locked(exc: OperationalError) -> bool:
@@ -125,6 +143,9 @@ class TrajectoryStore:
         self.engine = make_engine(url)
         migrate.ensure_current(self.engine, init_empty=init_empty)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(sqlite_begin="IMMEDIATE"), expire_on_commit=False
+        )
         self.store_pixels = store_pixels
         self.retries = retries
 
@@ -140,7 +161,7 @@ class TrajectoryStore:
         """Run ``fn`` in one transaction, retrying when another writer holds the SQLite lock."""
         for attempt in range(self.retries + 1):
             try:
-                with self._sessions.begin() as s:
+                with self._write_sessions.begin() as s:
                     return fn(s)
             except OperationalError as exc:
                 if not _is_locked(exc) or attempt == self.retries:
@@ -160,22 +181,7 @@ class TrajectoryStore:
         """Persist a run, its steps, their rewards and any new images in one transaction."""
 
         def write(s: Session) -> str:
-            known = set(
-                s.scalars(select(ImageBlob.sha256).where(ImageBlob.sha256.in_([i.sha256 for i in images])))
-            )
-            for img in {i.sha256: i for i in images}.values():
-                if img.sha256 not in known:
-                    s.add(
-                        ImageBlob(
-                            sha256=img.sha256,
-                            mime=img.mime,
-                            width=img.width,
-                            height=img.height,
-                            size_bytes=len(img.data),
-                            data=img.data if self.store_pixels else None,
-                        )
-                    )
-            s.flush()
+            self._add_images(s, images)
             row = Run(
                 id=run.id,
                 thread_id=run.thread_id,
@@ -222,6 +228,31 @@ class TrajectoryStore:
             return run.id
 
         return self._write(write)
+
+    def _add_images(self, s: Session, images: Sequence[ImageIn]) -> None:
+        """Insert the images not stored yet; another writer may be inserting the same one right now."""
+        rows = [
+            {
+                "sha256": img.sha256,
+                "mime": img.mime,
+                "width": img.width,
+                "height": img.height,
+                "size_bytes": len(img.data),
+                "data": img.data if self.store_pixels else None,
+                "created_at": datetime.now(UTC),
+            }
+            for img in {i.sha256: i for i in images}.values()
+        ]
+        if not rows:
+            return
+        insert = _INSERTS.get(s.get_bind().dialect.name)
+        if insert is not None:
+            s.execute(insert(ImageBlob).values(rows).on_conflict_do_nothing(index_elements=["sha256"]))
+            return
+        shas = [r["sha256"] for r in rows]
+        known = set(s.scalars(select(ImageBlob.sha256).where(ImageBlob.sha256.in_(shas))))
+        s.add_all(ImageBlob(**r) for r in rows if r["sha256"] not in known)
+        s.flush()
 
     def get_run(self, run_id: str) -> Run | None:
         """The run with its steps and image refs loaded (detached, safe to read after return)."""
@@ -288,6 +319,32 @@ class TrajectoryStore:
         """A run's reward rows, oldest first."""
         with self._sessions() as s:
             return list(s.scalars(select(Reward).where(Reward.run_id == run_id).order_by(Reward.id)))
+
+    def specialist_correctness(self, run_id: str) -> list[tuple[int, str | None, bool]]:
+        """Per specialist step of a run scored against a gold answer: (step id, specialty, right?)."""
+        with self._sessions() as s:
+            rows = s.execute(specialist_correctness_query(run_id))
+            return [(r.step_id, r.specialty, bool(r.correct)) for r in rows]
+
+    def difficulties(
+        self, run_ids: Iterable[str] | None = None, *, levels: Iterable[Level] | None = None
+    ) -> dict[str, RunDifficulty]:
+        """Curriculum difficulty (data.difficulty) of every run with scored specialists, or of
+        ``run_ids`` only; ``levels`` keeps only runs at those levels (e.g. ``["hard"]``)."""
+
+        def query(ids: Sequence[str] | None) -> Select:
+            scores = run_scores(ids)
+            stmt = select(scores.c.run_id, scores.c.n_scored, scores.c.n_right)
+            return stmt if levels is None else stmt.where(level_of(scores).in_(list(levels)))
+
+        if run_ids is None:
+            queries = [query(None)]
+        else:  # in slices: SQLite caps the number of bound parameters
+            ids = list(run_ids)
+            queries = [query(ids[i : i + 5000]) for i in range(0, len(ids), 5000)]
+        with self._sessions() as s:
+            rows = [r for q in queries for r in s.execute(q)]
+        return {r.run_id: RunDifficulty(r.run_id, r.n_scored, r.n_right) for r in rows}
 
     def register_policy(
         self,

@@ -38,13 +38,38 @@ def make_runtime(settings, tiny_backend):
 
     made = []
 
-    def make(backends=None, **overrides):
+    def make(backends=None, mode=None, **overrides):
         s = settings.model_copy(update=overrides) if overrides else settings
         roles = ("triage", "specialist", "attending")
-        rt = Runtime(s, backends=backends or dict.fromkeys(roles, tiny_backend))
+        rt = Runtime(s, backends=backends or dict.fromkeys(roles, tiny_backend), mode=mode)
         made.append(rt)
         return rt
 
     yield make
     for rt in made:
         rt.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server for the session (tests/postgres.py); skips where none can start."""
+    from tests.postgres import PostgresServer, PostgresUnavailable
+
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path):
+    """An empty database for one test: a SQLite file, then a fresh database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
