@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import threading
@@ -114,9 +115,16 @@ def test_groups_requests_by_sampling_and_keeps_order(backend: TransformersBacken
         _request("Which specialist?", base[0].images, long_),
         _request("Which specialist?", base[0].images, short),
     ]
+    before = backend.model_calls
     completions = backend.generate(requests)
+    # Greedy requests share one generate whatever their limits; each is cut at its own.
+    assert backend.model_calls - before == 1
     assert [c.completion_tokens for c in completions] == [3, 9, 3]
     assert completions[0].token_ids == completions[2].token_ids == completions[1].token_ids[:3]
+    sampled = [_request("Which specialist?", base[0].images, Sampling(3, temperature=1.0, seed=1))] * 2
+    before = backend.model_calls
+    backend.generate([*requests, *sampled])
+    assert backend.model_calls - before == 2
 
 
 def test_seeded_sampling_is_reproducible(backend: TransformersBackend) -> None:
@@ -176,7 +184,7 @@ def test_checkpoint_sampling_defaults_are_overridden(
     assert qwen_like.generate([request])[0].token_ids != greedy.token_ids, "top_k=1 must not apply"
 
 
-def test_concurrent_callers_are_serialised(backend: TransformersBackend) -> None:
+def test_concurrent_callers_get_their_own_results(backend: TransformersBackend) -> None:
     requests = _mixed_requests()
     expected = backend.generate(requests)
     results: list[list[Completion]] = [[] for _ in range(4)]
@@ -230,3 +238,18 @@ def test_lora_adapter(backend: TransformersBackend, tiny_model_dir: Path, tmp_pa
 def test_missing_adapter_path_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="adapter path does not exist"):
         TransformersBackend(str(tiny_model_dir), adapter_path=str(tmp_path / "nope"))
+
+
+def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # vLLM needs a CUDA GPU; here it is absent and the vllm backend must say what is missing.
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed: this checks the message given without it")
+    from app.backends.factory import build_backends
+    from app.backends.vllm import VLLMEngine
+    from app.config import RoleSpec, Settings
+
+    with pytest.raises(BackendError, match=r"needs vLLM and a CUDA GPU: pip install 'mmedagent-rl\[vllm\]'"):
+        VLLMEngine(str(tiny_model_dir))
+    settings = Settings(home=tmp_path, model=str(tiny_model_dir), specialist=RoleSpec(backend="vllm"))
+    with pytest.raises(BackendError, match="needs vLLM"):
+        build_backends(settings)

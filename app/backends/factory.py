@@ -1,21 +1,101 @@
-"""Build the backend each role uses, sharing one loaded model between roles that name the same one."""
+"""Build the backend each role uses; roles that name the same model share one loaded copy of it."""
 
 from __future__ import annotations
 
-from app.config import Settings
-from graph.protocol import ChatBackend
+from typing import Any
+
+from app.config import RoleSpec, Settings
+from graph.protocol import BackendError, ChatBackend
+from graph.state import ROLES
+
+
+def _local_key(spec: RoleSpec, model: str) -> tuple[Any, ...]:
+    return ("transformers", model, spec.adapter)
+
+
+def _openai_key(spec: RoleSpec, model: str) -> tuple[Any, ...]:
+    # Roles with the same server, model and client settings share one connection pool and one
+    # concurrency limit.
+    return (
+        "openai",
+        spec.base_url,
+        model,
+        spec.api_key_env,
+        spec.timeout_s,
+        spec.max_concurrency,
+        spec.retries,
+        tuple(sorted((k, repr(v)) for k, v in spec.extra_body.items())),
+    )
 
 
 def build_backends(settings: Settings) -> dict[str, ChatBackend]:
-    """One backend per distinct (kind, model, adapter); roles that agree share it."""
-    from app.backends.local import TransformersBackend
+    """One backend per role. Local models load once per (model, adapter); vLLM runs one engine per
+    base model with each role's adapter as a LoRA request."""
+    if settings.cpu_threads is not None:
+        import torch
 
-    cache: dict[tuple[str, str, str | None], ChatBackend] = {}
-    backends: dict[str, ChatBackend] = {}
-    for role in ("triage", "specialist", "attending"):
-        spec = settings.role(role)
-        key = (spec.backend, settings.model_for(role), spec.adapter)
+        torch.set_num_threads(settings.cpu_threads)
+    backends = _build_vllm(settings)  # first: it fails fastest when vLLM is missing
+    cache: dict[tuple[Any, ...], ChatBackend] = {}
+    for role in ROLES:
+        spec, model = settings.role(role), settings.model_for(role)
+        if spec.backend == "vllm":
+            continue
+        if spec.backend == "openai" and spec.adapter:
+            # A server serves an adapter under a model name of its own (vllm serve --lora-modules NAME=PATH).
+            raise BackendError(
+                f"{role}: the openai backend cannot apply adapter {spec.adapter!r}; set the role's model to "
+                "the name the server gives that adapter"
+            )
+        key = _local_key(spec, model) if spec.backend == "transformers" else _openai_key(spec, model)
         if key not in cache:
-            cache[key] = TransformersBackend(key[1], adapter_path=spec.adapter, device=settings.device)
+            cache[key] = _build(spec, model, settings)
         backends[role] = cache[key]
-    return backends
+    return {role: backends[role] for role in ROLES}
+
+
+def _build(spec: RoleSpec, model: str, settings: Settings) -> ChatBackend:
+    if spec.backend == "transformers":
+        from app.backends.local import TransformersBackend
+
+        return TransformersBackend(
+            model,
+            adapter_path=spec.adapter,
+            device=settings.device,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            batch_gap_s=settings.batch_gap_ms / 1000,
+            max_batch=settings.max_batch,
+        )
+    from app.backends.openai import OpenAIBackend
+
+    assert spec.base_url is not None  # RoleSpec validates it
+    return OpenAIBackend(
+        spec.base_url,
+        model,
+        api_key_env=spec.api_key_env,
+        timeout_s=spec.timeout_s,
+        max_concurrency=spec.max_concurrency,
+        retries=spec.retries,
+        extra_body=spec.extra_body,
+    )
+
+
+def _build_vllm(settings: Settings) -> dict[str, ChatBackend]:
+    from app.backends.vllm import VLLMEngine
+
+    roles = [r for r in ROLES if settings.role(r).backend == "vllm"]
+    engines: dict[str, VLLMEngine] = {}
+    out: dict[str, ChatBackend] = {}
+    for role in roles:
+        model = settings.model_for(role)
+        if model not in engines:
+            adapters = any(settings.role(r).adapter for r in roles if settings.model_for(r) == model)
+            engines[model] = VLLMEngine(
+                model,
+                enable_lora=adapters,
+                batch_wait_s=settings.batch_wait_ms / 1000,
+                batch_gap_s=settings.batch_gap_ms / 1000,
+                max_batch=settings.max_batch,
+            )
+        out[role] = engines[model].role_backend(settings.role(role).adapter)
+    return out

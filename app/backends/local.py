@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.backends.batcher import MicroBatcher
 from graph.protocol import BackendError, ChatRequest, Completion, Sampling
 
 if TYPE_CHECKING:
@@ -36,6 +36,19 @@ def _looks_like_local_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
 
 
+def _check_image_count(request: ChatRequest) -> None:
+    """Each image block needs its image: in a batch a missing one would silently take a neighbour's."""
+    blocks = sum(
+        1
+        for message in request.messages
+        if isinstance(message.get("content"), list)
+        for block in message["content"]
+        if isinstance(block, dict) and block.get("type") == "image"
+    )
+    if blocks != len(request.images):
+        raise BackendError(f"the request has {blocks} image blocks but {len(request.images)} images")
+
+
 class TransformersBackend:
     """Completes chat batches with ``model.generate`` on a locally loaded Qwen2.5-VL-style model.
 
@@ -43,6 +56,10 @@ class TransformersBackend:
     ``adapter_path`` an optional PEFT LoRA adapter (needs the ``train`` extra). ``device`` is
     ``"auto"`` (CUDA when available, else CPU) or a torch device string; ``dtype`` is ``"auto"``
     (float32 on CPU, the checkpoint's dtype on GPU) or one of float32/bfloat16/float16.
+
+    Thread-safe: concurrent ``generate`` calls are merged by a ``MicroBatcher`` (``batch_gap_s``,
+    ``batch_wait_s``: see app/backends/batcher.py) into ``model.generate`` calls of at most
+    ``max_batch`` requests.
     """
 
     def __init__(
@@ -53,6 +70,9 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         model_id: str | None = None,
+        batch_wait_s: float = 0.05,
+        batch_gap_s: float = 0.005,
+        max_batch: int = 32,
     ) -> None:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -106,7 +126,15 @@ class TransformersBackend:
         self._pad_id: int = pad if pad is not None else self._eos_ids[0]
 
         self._model_id = model_id or (f"{model_path}@{adapter_path}" if adapter_path else model_path)
-        self._lock = threading.Lock()
+        self.model_calls = 0  # model.generate calls so far, for tests and benchmarks
+        self._batcher = MicroBatcher(
+            self._run_batch,
+            key=self._batch_key,
+            max_wait_s=batch_wait_s,
+            gap_s=min(batch_gap_s, batch_wait_s),
+            max_batch=max_batch,
+            name=self._model_id,
+        )
         logger.info(
             "loaded %s on %s (%s) in %.1fs",
             self._model_id,
@@ -121,31 +149,50 @@ class TransformersBackend:
         return self._model_id
 
     def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        """Complete ``requests`` in order: one batched ``generate`` per distinct ``Sampling``.
+        """Complete ``requests`` in order, batched with whatever other threads submit meanwhile.
 
-        ``prompt_tokens`` counts a request's unpadded prompt, image placeholder tokens included;
-        ``latency_s`` is the wall time of the batched call that produced a completion (shared by the
-        requests in that batch). With a ``seed``, sampled output depends on the whole batch, so it
-        is reproducible for the same batch, not per request.
+        Requests that decode alike share one ``model.generate`` (see ``_batch_key``); a batch runs to
+        the largest ``max_new_tokens`` in it and each completion is cut at its own limit, which for
+        greedy decoding is exactly what a call of its own would give. ``prompt_tokens`` counts a
+        request's unpadded prompt, image placeholder tokens included; ``latency_s`` is the wall time
+        of the ``model.generate`` that produced a completion (shared by the requests in that batch).
+        With a ``seed``, sampled output depends on the whole batch, so seeded requests are batched only
+        with requests of the same call: reproducible for the same call, not per request.
         """
-        completions: list[Completion | None] = [None] * len(requests)
-        groups: dict[Sampling, list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(request.sampling, []).append(index)
-        with self._lock:
-            for sampling, indices in groups.items():
-                try:
-                    batch = self._generate_batch([requests[i] for i in indices], sampling)
-                except BackendError:
-                    raise
-                except Exception as exc:
-                    raise BackendError(
-                        f"{self._model_id}: generation failed for a batch of {len(indices)}: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                for index, completion in zip(indices, batch, strict=True):
-                    completions[index] = completion
-        return [c for c in completions if c is not None]
+        for request in requests:
+            _check_image_count(request)
+        return self._batcher.submit(requests)
+
+    def close(self) -> None:
+        """Stop batching: queued requests fail with ``BackendError``; the model stays loaded."""
+        self._batcher.close()
+
+    @staticmethod
+    def _batch_key(request: ChatRequest, caller: int) -> tuple[Any, ...]:
+        sampling = request.sampling
+        if sampling.temperature <= 0:
+            return ("greedy",)
+        private = caller if sampling.seed is not None else None
+        return ("sample", sampling.temperature, sampling.top_p, sampling.seed, private)
+
+    def _run_batch(self, requests: list[ChatRequest]) -> list[Completion]:
+        """One ``model.generate`` for requests that share a ``_batch_key`` (the batcher's worker thread)."""
+        first = requests[0].sampling
+        sampling = Sampling(
+            max_new_tokens=max(r.sampling.max_new_tokens for r in requests),
+            temperature=first.temperature,
+            top_p=first.top_p,
+            seed=first.seed,
+        )
+        try:
+            return self._generate_batch(requests, sampling)
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                f"{self._model_id}: generation failed for a batch of {len(requests)}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
     def _generate_batch(self, requests: list[ChatRequest], sampling: Sampling) -> list[Completion]:
         import torch
@@ -185,6 +232,7 @@ class TransformersBackend:
 
         started = time.perf_counter()
         with self._seeded(sampling.seed):
+            self.model_calls += 1
             output = self.model.generate(**inputs, **options)
         latency = time.perf_counter() - started
 
@@ -201,9 +249,12 @@ class TransformersBackend:
 
         eos = set(self._eos_ids)
         completions = []
-        for row, (ids, row_logprobs) in enumerate(zip(generated.tolist(), logprobs.tolist(), strict=True)):
-            # Keep the stop token (it was generated and has a logprob); drop the padding after it.
-            length = next((i + 1 for i, token in enumerate(ids) if token in eos), len(ids))
+        rows = zip(requests, generated.tolist(), logprobs.tolist(), strict=True)
+        for row, (request, ids, row_logprobs) in enumerate(rows):
+            # Keep the stop token (it was generated and has a logprob); drop the padding after it, and
+            # what a row generated past its own limit in a batch that ran longer for another row.
+            limit = min(len(ids), request.sampling.max_new_tokens)
+            length = next((i + 1 for i, token in enumerate(ids[:limit]) if token in eos), limit)
             token_ids = ids[:length]
             completions.append(
                 Completion(
