@@ -154,3 +154,48 @@ def attending(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any
         "history": [(question, parsed.answer)],
         "messages": [AIMessage(content=completion.text, name="attending")],
     }
+
+
+# --- baselines (graph/build.py modes) -----------------------------------------------------------
+
+
+def fixed_panel(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+    """The ``static`` baseline's stand-in for triage: the same specialists for every case."""
+    ctx = runtime.context
+    return {
+        "specialties": parse.choose_specialists(ctx.mode.specialists, ctx.n_specialists),
+        "triage_status": None,
+        "opinions": None,
+    }
+
+
+def vote(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
+    """The ``vote`` baseline: the attending prompt (no opinions) sampled N times, majority answer.
+
+    Every sample is a stored attending step. Samples vote with the option they name (or, without
+    options, their normalised answer); ties go to the answer voted first. With no usable vote the
+    first sample's answer stands.
+    """
+    ctx = runtime.context
+    question, options = state["question"], state.get("options", [])
+    hashes = state.get("image_hashes", [])
+    messages = prompts.attending_messages(question, options, len(hashes), [], state.get("history", []))
+    samples: list[tuple[parse.ParsedAnswer, str | None]] = []
+    for _ in range(ctx.mode.votes):
+        completion, record = _call(ctx, node="vote", role="attending", messages=messages, image_hashes=hashes)
+        parsed = parse.parse_think_answer(completion.text)
+        letter = parse.match_option(parsed.answer, options) if options else None
+        _finish(record, {**asdict(parsed), "option": letter}, parsed.status)
+        key = letter if options else " ".join(parsed.answer.lower().split()) or None
+        samples.append((parsed, key))
+    keys = [k for _, k in samples if k is not None]
+    winner = max(keys, key=lambda k: (keys.count(k), -keys.index(k))) if keys else None
+    chosen = next((p for p, k in samples if k == winner), samples[0][0])
+    return {
+        "specialties": [],
+        "answer": chosen.answer,
+        "think": chosen.think,
+        "answer_status": chosen.status,
+        "history": [(question, chosen.answer)],
+        "messages": [AIMessage(content=chosen.answer, name="attending")],
+    }
