@@ -1,0 +1,93 @@
+"""The Gradio app: Chat (clinicians), Traces (developers), Trajectories (trainers).
+
+``build_app(runtime)`` returns the Blocks; ``launch`` serves it with the safe defaults: loopback
+unless a login is configured, uploads capped at ``max_image_bytes``, errors without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from ui.chat import build_chat_tab
+from ui.safety import DISCLAIMER, check_bind
+from ui.traces import build_traces_tab
+from ui.trajectories import build_trajectories_tab
+
+if TYPE_CHECKING:
+    from app.config import Settings
+    from app.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+CSS = """
+#disclaimer { border-left: 4px solid #d97706; padding: 0.2em 0.9em; background: rgba(217, 119, 6, 0.08); }
+"""
+
+
+def build_app(runtime: Runtime) -> gr.Blocks:
+    """The whole app on one runtime (its store, backends and graph); one session per browser tab."""
+    # delete_cache: uploads and served files older than a day leave Gradio's cache (checked hourly).
+    with gr.Blocks(title="mmedagent", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        gr.Markdown("# mmedagent · multi-agent medical image Q&A")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                chat = build_chat_tab(runtime, runtime.settings.ui)
+            with gr.Tab("Traces", id="traces", elem_id="tab-traces") as traces_tab:
+                traces = build_traces_tab(runtime.store)
+            with gr.Tab("Trajectories", id="trajectories", elem_id="tab-trajectories") as traj_tab:
+                trajectories = build_trajectories_tab(runtime.store)
+        private = {"api_visibility": "private"}
+        traces_tab.select(traces.search, traces.search_inputs, traces.search_outputs, **private)
+        traj_tab.select(trajectories.refresh, None, trajectories.refresh_outputs, **private)
+        chat.open_trace.click(
+            lambda session: (gr.Tabs(selected="traces"), session.last_run_id or ""),
+            chat.session,
+            [tabs, traces.run_id],
+            **private,
+        ).then(traces.open_run, traces.run_id, traces.open_outputs, **private).then(
+            traces.search, traces.search_inputs, traces.search_outputs, **private
+        )
+    return demo
+
+
+def login(settings: Settings) -> tuple[str, str] | None:
+    """The configured username and password, or None; half a login is a configuration error."""
+    ui = settings.ui
+    password = ui.password.get_secret_value() if ui.password else ""
+    if bool(ui.username) != bool(password):
+        raise ValueError("set both MMEDAGENT_UI__USERNAME and MMEDAGENT_UI__PASSWORD, or neither")
+    return (ui.username, password) if ui.username else None
+
+
+def launch(
+    demo: gr.Blocks,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    block: bool = True,
+    quiet: bool = False,
+) -> str:
+    """Serve ``demo``; returns its local URL. Refuses a non-loopback host without a login."""
+    host = host or settings.ui.host
+    auth = login(settings)
+    check_bind(host, auth)
+    demo.queue(default_concurrency_limit=settings.ui.concurrency)
+    demo.launch(
+        server_name=host,
+        server_port=port or settings.ui.port,
+        auth=auth,
+        auth_message="mmedagent — research software, not for clinical decisions. Please log in.",
+        max_file_size=settings.max_image_bytes,
+        show_error=False,
+        ssr_mode=False,
+        mcp_server=False,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        css=CSS,
+    )
+    return demo.local_url or f"http://{host}:{port}/"
