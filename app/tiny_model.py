@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from data.specialties import SPECIALTIES
+
 if TYPE_CHECKING:
     from transformers import Qwen2Tokenizer
 
@@ -54,16 +56,6 @@ QWEN_SPECIAL_TOKENS = (
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
-)
-
-SPECIALTIES = (
-    "Pathologist",
-    "Radiologist",
-    "Surgeon",
-    "Oncologist",
-    "Endocrinologist",
-    "Ophthalmologist",
-    "Dermatologist",
 )
 
 _WORDS = (

@@ -73,3 +73,13 @@ def db_url(request, tmp_path: Path):
     url = server.create_database()
     yield url
     server.drop_database(url)
+
+
+@pytest.fixture
+def store(db_url):
+    """A trajectory store on each database ``db_url`` names (SQLite, and PostgreSQL when available)."""
+    from data.store import TrajectoryStore
+
+    s = TrajectoryStore(db_url)
+    yield s
+    s.close()

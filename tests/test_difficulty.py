@@ -5,16 +5,8 @@ from __future__ import annotations
 import pytest
 
 from data.difficulty import RunDifficulty, classify
-from data.store import TrajectoryStore
 from rl.rewards import step_rewards
 from tests.trajectories import PANEL, make_runs
-
-
-@pytest.fixture
-def store(db_url):
-    s = TrajectoryStore(db_url)
-    yield s
-    s.close()
 
 
 @pytest.mark.parametrize(("s", "level"), [(1.0, "easy"), (2 / 3, "medium"), (1 / 3, "medium"), (0.0, "hard")])

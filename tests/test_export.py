@@ -23,12 +23,6 @@ from tests.trajectories import make_runs
 runner = CliRunner()
 
 
-@pytest.fixture
-def store(db_url):
-    s = TrajectoryStore(db_url)
-    yield s
-    s.close()
-
 
 @pytest.fixture
 def sqlite_store(tmp_path):

@@ -12,12 +12,6 @@ from tests.trajectories import make_runs
 runner = CliRunner()
 
 
-@pytest.fixture
-def store(db_url):
-    s = TrajectoryStore(db_url)
-    yield s
-    s.close()
-
 
 def _clinician(store, run_id):
     return [(r.value, r.answer, r.note) for r in store.rewards(run_id) if r.kind == "clinician"]

@@ -37,13 +37,6 @@ def _step(node: str, role: str, specialty: str | None = None) -> dict:
     }
 
 
-@pytest.fixture
-def store(db_url):
-    """The same suite on SQLite and on a real PostgreSQL server (tests/conftest.py: db_url)."""
-    s = TrajectoryStore(db_url)
-    yield s
-    s.close()
-
 
 def test_save_and_read_back(store):
     img = _image(b"1")

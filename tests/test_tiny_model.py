@@ -17,7 +17,8 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from app.tiny_model import QWEN_SPECIAL_TOKENS, SPECIALTIES, build_tiny_model
+from app.tiny_model import QWEN_SPECIAL_TOKENS, build_tiny_model
+from data.specialties import SPECIALTIES
 
 
 def _sha256(path: Path) -> str:
