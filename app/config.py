@@ -29,6 +29,11 @@ class RoleSpec(BaseModel):
 
     model: str | None = Field(None, description="local path or hub id; None: the global `model`")
     adapter: str | None = Field(None, description="LoRA adapter directory")
+    policy: str | None = Field(
+        None,
+        description='serve a registered policy version: "latest" or its id (replaces model and adapter)',
+        pattern=r"^(latest|[0-9]+)$",
+    )
     backend: BackendKind = "transformers"
     # backend = "openai": any /v1/chat/completions server (vllm serve, transformers serve, hosted APIs).
     base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1 (openai backend)")

@@ -110,6 +110,11 @@ class Runtime:
         self.mode = mode or GraphMode()  # the full system, or an evaluation baseline
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = store or TrajectoryStore(settings.database_url, store_pixels=settings.store_pixels)
+        from app.backends.factory import apply_policy_choices
+
+        # Roles set to serve a registered policy version ("latest" or an id) get its model + adapter.
+        settings, self._chosen_policies = apply_policy_choices(settings, self.store)
+        self.settings = settings
         self._owns_backends = backends is None
         if backends is None:
             from app.backends.factory import build_backends
@@ -128,7 +133,8 @@ class Runtime:
         from app.policies import resolve_policy
 
         return {
-            role: resolve_policy(
+            role: self._chosen_policies.get(role)
+            or resolve_policy(
                 self.store, role, self.settings.model_for(role), self.settings.role(role).adapter
             ).id
             for role in ("triage", "specialist", "attending")

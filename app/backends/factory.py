@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.config import RoleSpec, Settings
 from graph.protocol import BackendError, ChatBackend
 from graph.state import ROLES
+
+if TYPE_CHECKING:
+    from data.store import TrajectoryStore
 
 
 def _local_key(spec: RoleSpec, model: str) -> tuple[Any, ...]:
@@ -26,6 +29,24 @@ def _openai_key(spec: RoleSpec, model: str) -> tuple[Any, ...]:
         spec.retries,
         tuple(sorted((k, repr(v)) for k, v in spec.extra_body.items())),
     )
+
+
+def apply_policy_choices(settings: Settings, store: TrajectoryStore) -> tuple[Settings, dict[str, int]]:
+    """Settings whose roles with a ``policy`` choice ("latest" or an id) serve that registered
+    version's model and adapter, and the chosen version id per such role."""
+    updates: dict[str, RoleSpec] = {}
+    chosen: dict[str, int] = {}
+    for role in ROLES:
+        spec = settings.role(role)
+        if spec.policy is None:
+            continue
+        row = store.latest_policy(role) if spec.policy == "latest" else store.get_policy(int(spec.policy))
+        if row is None or row.role != role:
+            what = "no policy version registered" if spec.policy == "latest" else f"no policy {spec.policy}"
+            raise BackendError(f"{role}: {what} for this role (see `mmedagent policies list`)")
+        updates[role] = spec.model_copy(update={"model": row.base_model, "adapter": row.adapter_path})
+        chosen[role] = row.id
+    return (settings.model_copy(update=updates) if updates else settings), chosen
 
 
 def build_backends(settings: Settings) -> dict[str, ChatBackend]:

@@ -1,0 +1,244 @@
+"""GRPO rows per role: from the synthetic clinic, from the trajectory store, or from an export.
+
+A row is what TRL's GRPOTrainer (and SFTTrainer) reads: a conversational ``prompt`` rebuilt with
+graph.prompts (so training sees exactly what serving sees), the ``images`` its image blocks refer
+to, and the columns rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for
+the attending). Every row also carries ``difficulty`` (easy / medium / hard by the fraction of
+specialists right, data/difficulty.py; None when unknown) and ``case_id``.
+
+Stored steps are read through data/export.py's rows (the same query as ``mmedagent export``), so
+``--from-db`` and ``--data DIR`` see the same rows. Prompts are rebuilt from the run's question,
+options and logged opinions; follow-up history is not in an export row and is not rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from data.difficulty import classify
+from data.images import image_from_bytes
+from data.specialties import SPECIALTIES
+from data.synthetic import SyntheticCase, generate_cases
+from graph import prompts
+from rl.simulated import KnownCase, image_digest, planned_opinions
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from data.store import TrajectoryStore
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+ROLES = ("triage", "attending")
+# Image side of the synthetic learning tasks. At 56 px an image is 4 tokens among ~190 prompt tokens
+# and the tiny model barely sees it (SFT on gold labels: 0.37 held-out after 100 steps); at 112 px
+# it is 16 tokens and the same SFT reaches 1.0.
+LEARNING_IMAGE_SIZE = 112
+
+
+class DatasetError(ValueError):
+    """The rows cannot be built (unknown role, no usable rows, missing pixels...)."""
+
+
+def triage_row(
+    question: str,
+    options: Sequence[str],
+    images: Sequence[Image.Image],
+    specialty: str,
+    *,
+    case_id: str = "",
+    difficulty: str | None = None,
+) -> Row:
+    """One triage row: the graph's triage prompt; the gold specialty is the reward label."""
+    return {
+        "prompt": prompts.triage_messages(question, options, len(images)),
+        "images": list(images),
+        "specialty": specialty,
+        "case_id": case_id,
+        "difficulty": difficulty,
+    }
+
+
+def attending_row(
+    question: str,
+    options: Sequence[str],
+    images: Sequence[Image.Image],
+    opinions: Sequence[tuple[str, str]],
+    answer: str,
+    *,
+    case_id: str = "",
+    difficulty: str | None = None,
+) -> Row:
+    """One attending row: the graph's attending prompt with the logged opinions verbatim."""
+    return {
+        "prompt": prompts.attending_messages(question, options, len(images), opinions),
+        "images": list(images),
+        "answer": answer,
+        "options": list(options),
+        "case_id": case_id,
+        "difficulty": difficulty,
+    }
+
+
+# --- the synthetic clinic ----------------------------------------------------------------------
+
+
+def case_images(case: SyntheticCase) -> list[Image.Image]:
+    """A synthetic case's images as the models see them (the graph's normalisation)."""
+    return [image_from_bytes(b) for b in case.images]
+
+
+def known_case(case: SyntheticCase) -> KnownCase:
+    """What the simulated specialists know about a synthetic case."""
+    return KnownCase(image_digest(case_images(case)[0]), tuple(case.options), case.answer)
+
+
+def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> list[Row]:
+    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty)."""
+    return [
+        triage_row(c.question, c.options, case_images(c), c.specialty, case_id=c.case_id)
+        for c in generate_cases(n, seed=seed, size=size)
+    ]
+
+
+def synthetic_attending_rows(
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = LEARNING_IMAGE_SIZE,
+    mix: Mapping[str, float] | None = None,
+    n_specialists: int = 3,
+) -> list[Row]:
+    """``n`` attending rows whose specialists' opinions are simulated with a known ``s``.
+
+    ``mix`` gives the share of easy / medium / hard cases (default: a third each); a medium case
+    has 1..n-1 specialists right, drawn uniformly. The consulted specialists are the gold specialty
+    first, then others, as a perfect triage would choose them. The image alone carries the answer
+    (the finding's mark), so the attending can be right where every specialist is wrong.
+    """
+    mix = dict(mix or {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3})
+    levels, weights = list(mix), list(mix.values())
+    if set(levels) - {"easy", "medium", "hard"} or min(weights) < 0 or sum(weights) <= 0:
+        raise DatasetError(f"mix must weigh easy/medium/hard, got {mix}")
+    rng = random.Random(f"attending|{seed}")
+    rows = []
+    for case in generate_cases(n, seed=seed, size=size):
+        level = rng.choices(levels, weights)[0]
+        planned = {"easy": n_specialists, "hard": 0}
+        n_right = planned[level] if level in planned else rng.randint(1, n_specialists - 1)
+        others = [s for s in SPECIALTIES if s != case.specialty]
+        consulted = [case.specialty, *rng.sample(others, n_specialists - 1)]
+        opinions = planned_opinions(known_case(case), n_right, consulted, seed=seed)
+        rows.append(
+            attending_row(
+                case.question,
+                case.options,
+                case_images(case),
+                opinions,
+                case.answer,
+                case_id=case.case_id,
+                difficulty=classify(n_right / n_specialists),
+            )
+        )
+    return rows
+
+
+# --- stored trajectories -----------------------------------------------------------------------
+
+
+def rows_from_export(records: Iterable[Mapping[str, Any]], role: str) -> Iterator[Row]:
+    """Rows for ``role`` from exported step records (data/export.py's layout).
+
+    Records without a gold label or without pixels are skipped (logged): they cannot be rewarded
+    or shown to the model.
+    """
+    _check_role(role)
+    skipped = 0
+    for rec in records:
+        images = [_pil(img) for img in rec.get("images") or []]
+        gold = rec.get("specialty") if role == "triage" else rec.get("answer")
+        if gold is None or not images or any(img is None for img in images):
+            skipped += 1
+            continue
+        common = {
+            "case_id": rec.get("case_id") or rec.get("run_id") or "",
+            "difficulty": rec.get("difficulty"),
+        }
+        if role == "triage":
+            yield triage_row(rec["question"], rec.get("options") or [], images, gold, **common)
+        else:
+            opinions = [(o["specialty"], o["completion"]) for o in rec.get("opinions") or []]
+            yield attending_row(rec["question"], rec.get("options") or [], images, opinions, gold, **common)
+    if skipped:
+        log.warning("skipped %d %s records without a gold label or image pixels", skipped, role)
+
+
+def rows_from_store(store: TrajectoryStore, role: str, *, since: Any = None) -> list[Row]:
+    """Rows for ``role`` from every finished, gold-labelled run in the store."""
+    from data.export import ExportFilter, iter_batches
+
+    _check_role(role)
+    flt = ExportFilter(role=role, since=since, status="ok", with_gold=True)
+    return list(rows_from_export((r for batch in iter_batches(store, flt) for r in batch), role))
+
+
+def rows_from_dir(path: str | Path, role: str) -> list[Row]:
+    """Rows for ``role`` from a ``mmedagent export`` folder (parquet, hf or jsonl)."""
+    _check_role(role)
+    root = Path(path)
+    records: Iterable[Mapping[str, Any]]
+    if (root / f"{role}.parquet").is_file():
+        from datasets import load_dataset
+
+        records = load_dataset("parquet", data_files=str(root / f"{role}.parquet"), split="train")
+    elif (root / role).is_dir():
+        from datasets import load_dataset
+
+        records = load_dataset(str(root), role, split="train")
+    elif (root / f"{role}.jsonl").is_file():
+        records = _jsonl_records(root, root / f"{role}.jsonl")
+    else:
+        raise DatasetError(f"{root} holds no {role} export ({role}.parquet, {role}/ or {role}.jsonl)")
+    rows = list(rows_from_export(records, role))
+    if not rows:
+        raise DatasetError(f"{root}: no usable {role} rows (gold label and image pixels needed)")
+    return rows
+
+
+def _jsonl_records(root: Path, path: Path) -> Iterator[dict[str, Any]]:
+    import json
+
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            rec["images"] = [None if p is None else (root / p).read_bytes() for p in rec.get("images") or []]
+            yield rec
+
+
+def _pil(image: Any) -> Image.Image | None:
+    """An exported image entry (PIL, HF ``{"bytes": …}`` dict or raw bytes) as the models see it."""
+    from PIL import Image
+
+    if image is None:
+        return None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    data = image.get("bytes") if isinstance(image, Mapping) else image
+    return None if data is None else image_from_bytes(data)
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise DatasetError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def to_dataset(rows: Iterable[Row]) -> Any:
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it."""
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows))

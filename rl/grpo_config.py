@@ -1,0 +1,126 @@
+"""The GRPO recipe: one documented dataclass, loadable from a YAML file in rl/recipes/.
+
+Defaults are the paper's (DESIGN §1: G = 8, lr 1e-6, temperature 1.0, per-stage β and γ) except
+where a field says otherwise; rl/recipes/*.yaml hold the settings measured to work for a model size
+(the tiny CPU model needs lr 5e-4 and full fine-tuning, DESIGN §6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: which rows, how many passes over them, and its KL β / entropy γ."""
+
+    name: str
+    beta: float  # KL(π‖π_ref) coefficient
+    gamma: float  # entropy bonus: loss -= γ · mean token entropy of the completions
+    epochs: float = 1.0  # passes over the stage's rows
+
+
+# The paper's per-stage coefficients: more KL and more entropy as the cases get harder, so the
+# policy keeps exploring where the specialists mislead it.
+PAPER_STAGES: tuple[Stage, ...] = (
+    Stage("easy", beta=1e-3, gamma=1e-4),
+    Stage("medium", beta=4e-3, gamma=5e-3),
+    Stage("hard", beta=1e-2, gamma=3e-2),
+)
+# Without curriculum all rows form one shuffled stage; it takes the middle stage's coefficients.
+MIXED_STAGE = Stage("mixed", beta=4e-3, gamma=5e-3)
+
+
+@dataclass
+class GRPORecipe:
+    """Everything one GRPO training run needs besides its data.
+
+    ``finetune``: ``lora`` (default; the adapter is saved and served on top of ``model``) or ``full``
+    (every weight trains and a whole checkpoint is saved). LoRA on the ~0.3M-parameter tiny model
+    has too little capacity to learn the synthetic task in minutes, so its recipe uses ``full``.
+    ``completions_per_step`` is the number of completions per optimizer step and process (prompts × G),
+    generated at once and split into ``gradient_accumulation_steps`` micro-batches.
+    ``extra`` passes any other ``trl.GRPOConfig`` field through unchanged.
+    """
+
+    role: Literal["triage", "attending"] = "attending"
+    model: str = ""
+    finetune: Literal["lora", "full"] = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    # Parameter-name prefixes kept frozen under full fine-tuning. Adam moves every trained weight by
+    # about the learning rate each step, whatever the size of its gradient; weights whose gradient
+    # is mostly noise (the token embeddings, the vision tower) then random-walk away at the high rates
+    # the tiny model needs, so its recipe freezes them.
+    freeze: list[str] = field(default_factory=list)
+    learning_rate: float = 1e-6
+    lr_scheduler_type: str = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    num_generations: int = 8
+    completions_per_step: int = 128
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    # < 1: the policy-gradient (and entropy) terms act only on that top fraction of tokens by
+    # entropy (TRL's option). After the format warm-up every format token is near-deterministic
+    # and the answer tokens carry the entropy, so 0.2 trains the decision and leaves the format to
+    # the KL term: the tiny model's high learning rate otherwise breaks the format.
+    top_entropy_quantile: float = 1.0
+    curriculum: bool = True
+    stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
+    mixed_stage: Stage = MIXED_STAGE
+    max_steps: int = -1  # > 0 caps the run; otherwise the stages' rows × epochs decide
+    seed: int = 0
+    gradient_checkpointing: bool = False
+    resume_from_checkpoint: str | bool | None = None
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    use_vllm: bool = False
+    logging_steps: int = 10
+    save_steps: int = 0  # 0: no intermediate checkpoints
+    progress_bar: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
+        if not isinstance(self.mixed_stage, Stage):
+            self.mixed_stage = Stage(**self.mixed_stage)
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.completions_per_step % self.num_generations:
+            raise ValueError(
+                f"completions_per_step ({self.completions_per_step}) must be a multiple of "
+                f"num_generations ({self.num_generations})"
+            )
+        if self.completions_per_step % self.gradient_accumulation_steps:
+            raise ValueError("completions_per_step must be a multiple of gradient_accumulation_steps")
+        if len({s.name for s in self.stages}) != len(self.stages):
+            raise ValueError("stage names must be unique")
+
+    @property
+    def prompts_per_step(self) -> int:
+        """Distinct prompts per optimizer step: one generation batch, which belongs to one stage."""
+        return self.completions_per_step // self.num_generations
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> GRPORecipe:
+        """Read a recipe file; ``overrides`` (e.g. from the command line) win over the file."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a recipe is a mapping of field: value")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

@@ -1,0 +1,151 @@
+"""Supervised fine-tuning with TRL's SFTTrainer: the paper's SFT baseline, and the format warm-up.
+
+Both train on the same rows as GRPO (rl/datasets.py), with a completion in the graph's strict
+format, ``<think>…</think><answer> X</answer>``:
+- ``gold_completions``: X is the gold label (the SFT baseline reviewers asked for).
+- ``warmup_completions``: X is drawn at random from the row's choices (the specialties for triage,
+  the option letters for the attending), freshly for every pass. The model learns the format and
+  an even spread over the choices, but nothing about which one is right: held-out accuracy stays
+  at chance, and GRPO then sees non-zero rewards from its first step (DESIGN §6).
+The space before X keeps every specialty and option letter a single token of the tiny tokenizer,
+so the decision sits at one position.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data.specialties import SPECIALTIES
+from graph.parse import option_letter
+from rl.datasets import Row, to_dataset
+
+log = logging.getLogger(__name__)
+
+THINK = "image"
+COMPLETION = "<think>{think}</think><answer> {answer}</answer>"
+
+
+def completion(answer: str, think: str = THINK) -> list[dict[str, str]]:
+    """A conversational completion in the graph's strict format."""
+    return [{"role": "assistant", "content": COMPLETION.format(think=think, answer=answer)}]
+
+
+def choices(row: Row, role: str) -> list[str]:
+    """What an answer can name: the specialties (triage) or the option letters (attending)."""
+    if role == "triage":
+        return list(SPECIALTIES)
+    return [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(row["options"])]
+
+
+def gold_label(row: Row, role: str) -> str:
+    if role == "triage":
+        return row["specialty"]
+    letter = row["answer"].strip()
+    return option_letter(letter + ")") or letter
+
+
+def _sft_row(row: Row, answer: str) -> Row:
+    return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer)}
+
+
+def gold_completions(rows: Sequence[Row], role: str) -> list[Row]:
+    """SFT rows answering with the gold label."""
+    return [_sft_row(r, gold_label(r, role)) for r in rows]
+
+
+def warmup_completions(rows: Sequence[Row], role: str, n: int, *, seed: int = 0) -> list[Row]:
+    """``n`` SFT rows cycling over ``rows``, each answering a freshly drawn random choice."""
+    if not rows:
+        raise ValueError("no rows for the format warm-up")
+    rng = random.Random(f"warmup|{seed}")
+    return [_sft_row(rows[i % len(rows)], rng.choice(choices(rows[i % len(rows)], role))) for i in range(n)]
+
+
+@dataclass(frozen=True)
+class SFTRecipe:
+    """One SFT run: full fine-tuning of ``model`` for ``steps`` steps of ``batch_size`` rows."""
+
+    model: str
+    steps: int = 200
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+    progress_bar: bool = True
+    report_to: tuple[str, ...] = ("none",)
+
+
+@dataclass
+class SFTResult:
+    policy_path: Path
+    steps: int
+    wall_s: float
+    final_loss: float | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "trainer": "sft",
+            "steps": self.steps,
+            "wall_s": round(self.wall_s, 2),
+            "loss": self.final_loss,
+        }
+
+
+def train_sft(recipe: SFTRecipe, sft_rows: Sequence[Row], output_dir: str | Path) -> SFTResult:
+    """Fine-tune on prompt-completion rows (loss on the completion only); save model + processor."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(output_dir)
+    cpu = not torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(out / "run"),
+        max_steps=recipe.steps,
+        per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type="constant",
+        seed=recipe.seed,
+        use_cpu=cpu,
+        bf16=not cpu and torch.cuda.is_bf16_supported(),
+        report_to=list(recipe.report_to),
+        logging_steps=max(1, recipe.steps // 10),
+        save_strategy="no",
+        disable_tqdm=not recipe.progress_bar,
+    )
+    model = AutoModelForImageTextToText.from_pretrained(recipe.model, dtype=torch.float32 if cpu else "auto")
+    processor = AutoProcessor.from_pretrained(recipe.model)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=to_dataset(sft_rows), processing_class=processor
+    )
+    started = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - started
+    policy = out / "policy"
+    trainer.save_model(str(policy))
+    processor.save_pretrained(policy)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return SFTResult(policy, trainer.state.global_step, wall, float(losses[-1]) if losses else None)
+
+
+def format_warmup(
+    model: str,
+    rows: Sequence[Row],
+    role: str,
+    output_dir: str | Path,
+    *,
+    steps: int = 200,
+    batch_size: int = 16,
+    learning_rate: float = 3e-3,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> SFTResult:
+    """Random-label SFT: teaches the format (and an even spread over the choices), not the task."""
+    recipe = SFTRecipe(model, steps, batch_size, learning_rate, seed, progress_bar)
+    return train_sft(recipe, warmup_completions(rows, role, steps * batch_size, seed=seed), output_dir)
