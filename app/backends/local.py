@@ -153,8 +153,8 @@ class TransformersBackend:
 
         Requests that decode alike share one ``model.generate`` (see ``_batch_key``), including their
         ``max_new_tokens`` (in practice: their role), so short triage rows are not held and padded for
-        the length of attending rows (bench/serving.py: throughput scaling at 8 cases in flight went
-        from 1.9x to 3.1x on the tiny model with that). ``prompt_tokens`` counts a request's unpadded
+        the length of attending rows (bench/serving.py measures what that does to throughput with
+        concurrent cases). ``prompt_tokens`` counts a request's unpadded
         prompt, image placeholder tokens included; ``latency_s`` is the wall time of the
         ``model.generate`` that produced a completion (shared by the requests in that batch). With a
         ``seed``, sampled output depends on the whole batch, so seeded requests are batched only with
