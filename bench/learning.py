@@ -23,14 +23,18 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from transformers import TrainerCallback  # noqa: E402
+
 from app.backends.local import TransformersBackend  # noqa: E402
 from app.tiny_model import build_tiny_model  # noqa: E402
+from graph.protocol import ChatRequest, Completion  # noqa: E402
 from rl.datasets import synthetic_attending_rows, synthetic_triage_rows  # noqa: E402
 from rl.grpo import score_policy, train_grpo  # noqa: E402
 from rl.grpo_config import GRPORecipe  # noqa: E402
@@ -61,41 +65,110 @@ def fmt(acc: dict[str, float], keys: tuple[str, ...]) -> str:
     return "  ".join(f"{acc.get(k, float('nan')):6.3f}" for k in keys)
 
 
+class HeldOutCurve(TrainerCallback):
+    """Greedy held-out accuracy of the live policy every ``every`` steps (printed: the learning curve)."""
+
+    def __init__(self, processor: Any, rows: list[dict[str, Any]], role: str, every: int):
+        self.processor, self.rows, self.role, self.every = processor, rows, role, every
+        self.curve: list[tuple[int, float]] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+        if self.every and state.global_step % self.every == 0:
+            acc = score_policy(LiveBackend(model, self.processor), self.rows, self.role)["all"]
+            self.curve.append((state.global_step, acc))
+            print(f"      step {state.global_step:4d}: held-out {acc:.3f}", flush=True)
+            model.train()
+
+
+class LiveBackend:
+    """ChatBackend on an in-memory model (greedy), for evaluating during training."""
+
+    model_id = "live"
+
+    def __init__(self, model: Any, processor: Any):
+        self.model, self.processor = model, processor
+
+    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        import torch
+
+        self.model.eval()
+        texts = [
+            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
+            for r in requests
+        ]
+        images = [im for r in requests for im in r.images]
+        inputs = self.processor(
+            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
+        )
+        with torch.no_grad():
+            out = self.model.generate(
+                **inputs, max_new_tokens=requests[0].sampling.max_new_tokens, do_sample=False
+            )
+        decoded = self.processor.batch_decode(
+            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        return [Completion(text=t, model_id=self.model_id) for t in decoded]
+
+
+def warm_start(
+    base_seed: int, rows: list[dict[str, Any]], role: str, work: Path, args: argparse.Namespace
+) -> tuple[str, float, int]:
+    """The format warm-up checkpoint for (role, seed), reused from ``--cache`` when there."""
+    root = (args.cache / f"{role}-{base_seed}") if args.cache else work
+    policy = root / "warmup" / "policy"
+    if (policy / "config.json").is_file():
+        return str(policy), 0.0, args.warmup
+    base = str(build_tiny_model(root / "base", seed=base_seed))
+    t0 = time.perf_counter()
+    warm = format_warmup(
+        base, rows, role, root / "warmup", steps=args.warmup, seed=base_seed, progress_bar=False
+    )
+    return str(warm.policy_path), time.perf_counter() - t0, warm.steps
+
+
 def triage(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    recipe = GRPORecipe.from_yaml(RECIPES / "tiny-triage.yaml", seed=seed, max_steps=args.steps)
-    base = str(build_tiny_model(work / "base", seed=seed))
+    from transformers import AutoProcessor
+
+    recipe = GRPORecipe.from_yaml(args.triage_recipe, seed=seed, max_steps=args.steps)
     rows = synthetic_triage_rows(recipe.prompts_per_step * recipe.max_steps, seed=seed)
     held = synthetic_triage_rows(args.heldout, seed=10_000 + seed)
-    t0 = time.perf_counter()
-    warm = format_warmup(base, rows, "triage", work / "warmup", steps=args.warmup, seed=seed, progress_bar=False)
-    warm_s = time.perf_counter() - t0
-    before = accuracy(str(warm.policy_path), held, "triage")
-    recipe.model = str(warm.policy_path)
-    grpo = train_grpo(recipe, rows, work / "grpo")
+    warm, warm_s, warm_steps = warm_start(seed, rows, "triage", work, args)
+    before = accuracy(warm, held, "triage")
+    recipe.model = warm
+    curve = HeldOutCurve(
+        AutoProcessor.from_pretrained(warm), held[: args.heldout // 2], "triage", args.eval_every
+    )
+    grpo = train_grpo(recipe, rows, work / "grpo", callbacks=[curve])
     after = accuracy(str(grpo.policy_path), held, "triage")
-    sft_steps = max(1, len(rows) // 16)
-    sft = train_sft(SFTRecipe(recipe.model, steps=sft_steps, seed=seed, progress_bar=False),
-                    gold_completions(rows, "triage"), work / "sft")  # fmt: skip
-    sft_acc = accuracy(str(sft.policy_path), held, "triage")
+    sft_acc, sft_steps, sft_s = {"all": float("nan")}, 0, 0.0
+    if not args.skip_sft:
+        sft = train_sft(SFTRecipe(warm, steps=max(1, len(rows) // 16), seed=seed, progress_bar=False),
+                        gold_completions(rows, "triage"), work / "sft")  # fmt: skip
+        sft_acc, sft_steps, sft_s = accuracy(str(sft.policy_path), held, "triage"), sft.steps, sft.wall_s
     return {
         "seed": seed, "before": before["all"], "grpo": after["all"], "grpo_steps": grpo.steps,
-        "grpo_s": grpo.wall_s, "warm_s": warm_s, "warm_steps": warm.steps, "sft": sft_acc["all"],
-        "sft_steps": sft.steps, "sft_s": sft.wall_s, "rows": len(rows),
+        "grpo_s": grpo.wall_s, "warm_s": warm_s, "warm_steps": warm_steps, "sft": sft_acc["all"],
+        "sft_steps": sft_steps, "sft_s": sft_s, "rows": len(rows),
     }  # fmt: skip
 
 
-def attending(seed: int, work: Path, args: argparse.Namespace) -> list[tuple[str, dict[str, float], int, float]]:
-    base = str(build_tiny_model(work / "base", seed=seed))
-    curriculum = GRPORecipe.from_yaml(RECIPES / "tiny-attending.yaml", seed=seed)
+def attending(
+    seed: int, work: Path, args: argparse.Namespace
+) -> list[tuple[str, dict[str, float], int, float]]:
+    curriculum = GRPORecipe.from_yaml(args.attending_recipe, seed=seed)
     rows = synthetic_attending_rows(args.attending_rows, seed=seed)
     held = synthetic_attending_rows(args.heldout, seed=10_000 + seed)
-    warm = format_warmup(base, rows, "attending", work / "warmup", steps=args.warmup, seed=seed, progress_bar=False)
-    curriculum.model = str(warm.policy_path)
-    results = [("majority", majority_baseline(held), 0, 0.0), ("before", accuracy(curriculum.model, held, "attending"), 0, 0.0)]
+    curriculum.model, _, _ = warm_start(seed, rows, "attending", work, args)
+    results = [
+        ("majority", majority_baseline(held), 0, 0.0),
+        ("before", accuracy(curriculum.model, held, "attending"), 0, 0.0),
+    ]
     for name, use_curriculum in (("curriculum", True), ("mixed", False)):
         recipe = GRPORecipe(**{**curriculum.to_dict(), "curriculum": use_curriculum})
         run = train_grpo(recipe, rows, work / name)
-        results.append((f"GRPO {name}", accuracy(str(run.policy_path), held, "attending"), run.steps, run.wall_s))
+        results.append(
+            (f"GRPO {name}", accuracy(str(run.policy_path), held, "attending"), run.steps, run.wall_s)
+        )
     sft = train_sft(SFTRecipe(curriculum.model, steps=max(1, len(rows) // 16), seed=seed, progress_bar=False),
                     gold_completions(rows, "attending"), work / "sft")  # fmt: skip
     results.append(("SFT", accuracy(str(sft.policy_path), held, "attending"), sft.steps, sft.wall_s))
@@ -111,6 +184,11 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=140, help="held-out cases per evaluation")
     ap.add_argument("--attending-rows", type=int, default=384, help="attending training cases")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--triage-recipe", type=Path, default=RECIPES / "tiny-triage.yaml")
+    ap.add_argument("--attending-recipe", type=Path, default=RECIPES / "tiny-attending.yaml")
+    ap.add_argument("--skip-sft", action="store_true", help="GRPO only (quicker)")
+    ap.add_argument("--eval-every", type=int, default=100, help="held-out curve every N GRPO steps (0: off)")
+    ap.add_argument("--cache", type=Path, default=None, help="keep and reuse the warm-up checkpoints here")
     args = ap.parse_args()
     import torch
 
@@ -118,7 +196,9 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
-    print(f"bench/learning.py: tiny Qwen2.5-VL on CPU ({args.threads} thread), seeds {args.seeds}", flush=True)
+    print(
+        f"bench/learning.py: tiny Qwen2.5-VL on CPU ({args.threads} thread), seeds {args.seeds}", flush=True
+    )
     if args.part in ("triage", "all"):
         print("\ntriage: held-out accuracy (greedy), chance = 1/7 = 0.143", flush=True)
         print("seed  before   GRPO  steps  GRPO s |    SFT  steps  SFT s | warm-up steps  s", flush=True)
@@ -127,7 +207,8 @@ def main() -> None:
                 r = triage(seed, Path(tmp), args)
             print(
                 f"{r['seed']:4d}  {r['before']:6.3f} {r['grpo']:6.3f} {r['grpo_steps']:6d} {r['grpo_s']:7.1f}"
-                f" | {r['sft']:6.3f} {r['sft_steps']:6d} {r['sft_s']:6.1f} | {r['warm_steps']:13d} {r['warm_s']:3.0f}",
+                f" | {r['sft']:6.3f} {r['sft_steps']:6d} {r['sft_s']:6.1f}"
+                f" | {r['warm_steps']:13d} {r['warm_s']:3.0f}",
                 flush=True,
             )
     if args.part in ("attending", "all"):
@@ -136,7 +217,10 @@ def main() -> None:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(prefix=f"learn-att-{seed}-") as tmp:
                 for name, acc, steps, wall in attending(seed, Path(tmp), args):
-                    print(f"{seed:4d}  {name:15s} {fmt(acc, (*LEVELS, 'all'))}  {steps:5d}  {wall:7.1f}", flush=True)
+                    print(
+                        f"{seed:4d}  {name:15s} {fmt(acc, (*LEVELS, 'all'))}  {steps:5d}  {wall:7.1f}",
+                        flush=True,
+                    )
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s", flush=True)
 
 

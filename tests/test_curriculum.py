@@ -217,6 +217,7 @@ def test_planned_opinions_and_majority():
     easy = [t for _, t in planned_opinions(kc, 3, ["A", "B", "C"])]
     assert majority_answer(easy, case.options) == case.answer
     hard = [t for _, t in planned_opinions(kc, 0, ["A", "B", "C"])]
+    assert len(set(hard)) == 1  # mistaken specialists agree on one decoy: text alone cannot tell
     assert majority_answer(hard, case.options) != case.answer
     with pytest.raises(ValueError):
         planned_opinions(kc, 4, ["A", "B", "C"])

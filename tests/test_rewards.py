@@ -80,3 +80,34 @@ def test_registry_and_step_rewards():
         "format": 0.0,
         "accuracy": 1.0,
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "triage_fmt"),
+    [
+        ("<think>ct</think><answer> Radiologist</answer>", 0.5),
+        ("<think>ct</think><answer>Radiologist, Surgeon</answer>", 0.5),
+        ("<think>ct</think><answer>image</answer>", 0.0),  # well-formed, but names no specialty
+        ("<think>ct</think><answer>Cardiologist</answer>", 0.0),
+        ("Radiologist", 0.0),
+    ],
+)
+def test_format_credit_needs_a_usable_answer(text, triage_fmt):
+    from rl.rewards import triage_format_reward
+
+    assert triage_format_reward([text]) == [triage_fmt]
+    assert REWARD_FUNCS["triage"][0] is triage_format_reward
+    assert (
+        step_rewards("triage", text, gold_answer=None, options=[], gold_specialty="Surgeon")["format"]
+        == triage_fmt
+    )
+
+
+def test_answer_format_needs_an_option_when_there_are_options():
+    named, unnamed = "<think>x</think><answer>B</answer>", "<think>x</think><answer>maybe</answer>"
+    assert format_reward([named, unnamed], options=[OPTS, OPTS]) == [0.5, 0.0]
+    assert format_reward([unnamed]) == [0.5]  # open question: the tags are the format
+    assert (
+        step_rewards("attending", unnamed, gold_answer="B", options=OPTS, gold_specialty=None)["format"]
+        == 0.0
+    )
