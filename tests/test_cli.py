@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from data.store import TrajectoryStore
+from tests.test_images import png_with_header
 
 runner = CliRunner()
 
@@ -33,19 +32,6 @@ def env(tmp_path, tiny_model_dir, monkeypatch):
 def _png(path: Path, size=(56, 56)) -> Path:
     Image.new("RGB", size, (200, 40, 40)).save(path)
     return path
-
-
-def _png_header_only(w: int, h: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def _mmedagent(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -80,7 +66,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
         "empty": b"",
         "truncated": good.getvalue()[: len(good.getvalue()) // 2],
         "text": b"this is not an image, just text\n",
-        "bomb": _png_header_only(20000, 20000),
+        "bomb": png_with_header(20000, 20000),
     }
     paths = {}
     for name, data in files.items():
