@@ -44,9 +44,20 @@ class CurriculumGRPOTrainer(GRPOTrainer):
     batch is scored, ``beta`` and ``entropy_coef`` are set from its stage; the loss of that batch
     (computed from the buffered generations) uses them. ``stage_log`` records, per generation
     batch, the optimizer step it feeds, its stage, β, γ and case ids.
+
+    With TRL's ``use_adaptive_entropy`` (a recipe's ``extra``) the stage's γ is only the starting
+    coefficient: TRL raises it while the completions' entropy is below ``entropy_target`` and
+    lowers it above, and applies it only below the target.
+
+    ``answer_tokens_only``: the policy-gradient and entropy terms act on the tokens inside
+    ``<answer>…</answer>`` only (the decision), while the KL term keeps acting on every token and
+    holds the format. It goes through TRL's token-mask hook (``get_high_entropy_mask``, which
+    ``top_entropy_quantile`` otherwise drives), so both terms see the same tokens.
     """
 
-    def __init__(self, *args: Any, stages: Sequence[Stage], **kwargs: Any):
+    def __init__(self, *args: Any, stages: Sequence[Stage], answer_tokens_only: bool = False, **kwargs: Any):
+        self.answer_tokens_only = answer_tokens_only
+        self._answer_mask: torch.Tensor | None = None
         self.stages = {s.name: s for s in stages}
         if not self.stages:
             raise ValueError("at least one stage is needed")
@@ -57,6 +68,10 @@ class CurriculumGRPOTrainer(GRPOTrainer):
         train_args.entropy_coef = max(s.gamma for s in stages)
         self.stage_log: list[dict[str, Any]] = []
         super().__init__(*args, **kwargs)
+        if answer_tokens_only:
+            if train_args.top_entropy_quantile < 1.0:
+                raise ValueError("answer_tokens_only replaces top_entropy_quantile: leave it at 1.0")
+            self.top_entropy_quantile = 0.0  # routes TRL's token mask through get_high_entropy_mask
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         if self.model.training:
@@ -64,7 +79,9 @@ class CurriculumGRPOTrainer(GRPOTrainer):
             if len(names) != 1:
                 raise RuntimeError(f"a generation batch mixes curriculum stages {sorted(names)}")
             stage = self.stages[names.pop()]
-            self.beta, self.entropy_coef = stage.beta, stage.gamma
+            self.beta = stage.beta
+            if not self.use_adaptive_entropy:  # adaptive: TRL's controller owns the coefficient
+                self.entropy_coef = stage.gamma
             self.stage_log.append(
                 {
                     "step": self.state.global_step + 1,
@@ -74,7 +91,39 @@ class CurriculumGRPOTrainer(GRPOTrainer):
                     "case_ids": sorted({str(x.get("case_id", "")) for x in inputs}),
                 }
             )
-        return super()._generate_and_score_completions(inputs)
+        output = super()._generate_and_score_completions(inputs)
+        if self.answer_tokens_only:
+            output["answer_mask"] = answer_token_mask(self.processing_class, output["completion_ids"])
+        return output
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        self._answer_mask = inputs.get("answer_mask")
+        return super()._compute_loss(model, inputs)
+
+    def get_high_entropy_mask(
+        self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float
+    ) -> torch.Tensor:
+        if self.answer_tokens_only and self._answer_mask is not None:
+            return self._answer_mask.bool() & mask.bool()
+        return super().get_high_entropy_mask(entropies, mask, threshold)
+
+
+def answer_token_mask(processing_class: Any, completion_ids: torch.Tensor) -> torch.Tensor:
+    """1 for the completion tokens that spell the content of ``<answer>…</answer>``, else 0.
+
+    A token belongs to the answer when the text before it holds ``<answer>`` and the answer text
+    up to and including it holds no ``</`` yet (the closing tag is format, not decision).
+    """
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    mask = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
+    for row, ids in enumerate(completion_ids.tolist()):
+        pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=True)
+        text = ""
+        for i, piece in enumerate(pieces):
+            if "<answer>" in text and "</" not in (text + piece).split("<answer>", 1)[1]:
+                mask[row, i] = 1.0
+            text += piece
+    return mask
 
 
 @dataclass
@@ -208,6 +257,7 @@ def train_grpo(
         peft_config=_peft_config(recipe),
         callbacks=list(callbacks),
         stages=[sp.stage for sp in spans],
+        answer_tokens_only=recipe.policy_tokens == "answer",
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from rl.datasets import synthetic_attending_rows
-from rl.grpo import RUN_FILE, CurriculumGRPOTrainer, grpo_config, load_policy_model, train_grpo
+from rl.grpo import (
+    RUN_FILE,
+    CurriculumGRPOTrainer,
+    answer_token_mask,
+    grpo_config,
+    load_policy_model,
+    train_grpo,
+)
 from rl.grpo_config import GRPORecipe, Stage
 from rl.rewards import REWARD_FUNCS
 
@@ -70,30 +77,44 @@ def test_no_curriculum_trains_one_mixed_stage(tiny_model_dir, rows, tmp_path):
     assert len(set(seen)) == 4  # two steps of two distinct prompts, from a shuffled mix
 
 
-def test_entropy_term_changes_the_loss_by_gamma_times_mean_token_entropy(tiny_model_dir, rows, tmp_path):
+def _entropy_bonus_on_one_batch(recipe, rows, tmp_path, completion: str | None = None):
+    """(γ, loss without γ − loss with γ, per-token entropies, inputs) on one fixed generation batch;
+    ``completion`` replaces every sampled completion (teacher forcing)."""
     from rl.curriculum import order_rows
     from rl.datasets import to_dataset
 
-    recipe = _recipe(tiny_model_dir, stages=[Stage("easy", 0.0, 0.25)])
     ordered, _ = order_rows([r for r in rows if r["difficulty"] == "easy"], recipe.stages, batch=2)
+    model = load_policy_model(recipe)
+    if completion is not None:  # sharper logits: token entropies then differ from one position to the next
+        model.lm_head.weight.data *= 40
     trainer = CurriculumGRPOTrainer(
-        model=load_policy_model(recipe),
+        model=model,
         reward_funcs=REWARD_FUNCS["attending"],
         args=grpo_config(recipe, tmp_path / "run"),
         train_dataset=to_dataset(ordered),
         stages=recipe.stages,
+        answer_tokens_only=recipe.policy_tokens == "answer",
     )
     batch = next(iter(trainer.get_train_dataloader()))  # one generation batch: 2 prompts × 4
     trainer.model.train()
     inputs = trainer._generate_and_score_completions(batch)
-    assert trainer.entropy_coef == 0.25  # set from the batch's stage
+    if completion is not None:
+        ids = trainer.processing_class.tokenizer(completion)["input_ids"]
+        width = inputs["completion_ids"].shape[1]  # the model's inputs are sized to it: keep it
+        assert len(ids) <= width
+        for key in ("old_per_token_logps", "sampling_per_token_logps", "ref_per_token_logps"):
+            inputs.pop(key, None)
+        inputs["completion_ids"][:] = torch.tensor(ids + [ids[-1]] * (width - len(ids)))
+        inputs["completion_mask"][:] = torch.tensor([1] * len(ids) + [0] * (width - len(ids)))
+        inputs["answer_mask"] = answer_token_mask(trainer.processing_class, inputs["completion_ids"])
+    gamma = trainer.entropy_coef
     trainer.model.eval()  # the same fixed batch, no dropout, no accumulation scaling
     with torch.no_grad():
         with_bonus = trainer.compute_loss(trainer.model, inputs).item()
         trainer.entropy_coef = 0.0
         without = trainer.compute_loss(trainer.model, inputs).item()
 
-        # the mean token entropy of the completions, computed here from the plain forward pass
+        # the token entropies of the completions, computed here from the plain forward pass
         prompt, completion = inputs["prompt_ids"], inputs["completion_ids"]
         out = trainer.model(
             input_ids=torch.cat([prompt, completion], dim=1),
@@ -103,10 +124,48 @@ def test_entropy_term_changes_the_loss_by_gamma_times_mean_token_entropy(tiny_mo
         )
         logits = out.logits[:, prompt.size(1) - 1 : -1].float() / recipe.temperature
         entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
-        mask = inputs["completion_mask"].float()
-        mean_entropy = ((entropy * mask).sum() / mask.sum()).item()
+    return gamma, without - with_bonus, entropy, inputs
+
+
+def test_entropy_term_changes_the_loss_by_gamma_times_mean_token_entropy(tiny_model_dir, rows, tmp_path):
+    recipe = _recipe(tiny_model_dir, stages=[Stage("easy", 0.0, 0.25)])
+    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(recipe, rows, tmp_path)
+    assert gamma == 0.25  # set from the batch's stage
+    mask = inputs["completion_mask"].float()
+    mean_entropy = ((entropy * mask).sum() / mask.sum()).item()
     assert mean_entropy > 0.1  # a random-ish policy: the term is not vacuous
-    assert without - with_bonus == pytest.approx(0.25 * mean_entropy, rel=1e-3, abs=1e-5)
+    assert change == pytest.approx(0.25 * mean_entropy, rel=1e-3, abs=1e-5)
+
+
+def test_answer_token_mask_marks_the_answer_content_only(tiny_model_dir):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    texts = [
+        "<think>image</think><answer> Surgeon</answer>",
+        "<think>a</think><answer> Radiologist, Surgeon</answer>",
+        "<think>answer</think>no tags",
+    ]
+    ids = processor.tokenizer(texts, padding=True, padding_side="right")["input_ids"]
+    mask = answer_token_mask(processor, torch.tensor(ids))
+    picked = [[t for t, m in zip(row, marks, strict=True) if m] for row, marks in zip(ids, mask, strict=True)]
+    tokens = [processor.tokenizer.decode(p) for p in picked]
+    assert tokens == [" Surgeon", " Radiologist, Surgeon", ""]
+
+
+def test_answer_tokens_only_puts_the_entropy_term_on_the_answer(tiny_model_dir, rows, tmp_path):
+    recipe = _recipe(
+        tiny_model_dir, stages=[Stage("easy", 0.0, 0.25)], policy_tokens="answer", max_completion_length=16
+    )
+    forced = "<think>image</think><answer> B</answer>"
+    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(recipe, rows, tmp_path, forced)
+    answer = inputs["answer_mask"]
+    assert answer.sum(-1).tolist() == [1.0] * len(answer)  # " B", one token per completion
+    on_answer = ((entropy * answer).sum() / answer.sum()).item()
+    mask = inputs["completion_mask"]
+    everywhere = ((entropy * mask).sum() / mask.sum()).item()
+    assert abs(on_answer - everywhere) > 1e-3  # differs from the all-token mean: the check can fail
+    assert change == pytest.approx(gamma * on_answer, rel=1e-3, abs=1e-5)
 
 
 def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_path):
@@ -135,3 +194,19 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows,
     assert resumed.steps == 3
     # the resumed run skipped the easy batch it had already trained on
     assert [e["stage"] for e in resumed.stage_log] == ["medium", "hard"]
+
+
+def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows, tmp_path):
+    adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
+    recipe = _recipe(
+        tiny_model_dir,
+        curriculum=False,
+        mixed_stage=Stage("mixed", 0.01, 0.01),
+        max_steps=2,
+        extra=adaptive,
+    )
+    train_grpo(recipe, rows, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
+    # entropy below target at every step: TRL raises the coefficient by delta per step, and the
+    # stage's gamma (the starting value) does not reset it
+    assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.03, 0.05]
