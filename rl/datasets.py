@@ -99,9 +99,15 @@ def known_case(case: SyntheticCase) -> KnownCase:
 
 
 def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> list[Row]:
-    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty)."""
+    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty).
+
+    Synthetic rows also carry the case's ``modality`` (what the image shows, for the format
+    warm-up's ``<think>``, rl/sft.py); rows from the store do not know it."""
     return [
-        triage_row(c.question, c.options, case_images(c), c.specialty, case_id=c.case_id)
+        {
+            **triage_row(c.question, c.options, case_images(c), c.specialty, case_id=c.case_id),
+            "modality": c.modality,
+        }
         for c in generate_cases(n, seed=seed, size=size)
     ]
 
@@ -134,17 +140,16 @@ def synthetic_attending_rows(
         others = [s for s in SPECIALTIES if s != case.specialty]
         consulted = [case.specialty, *rng.sample(others, n_specialists - 1)]
         opinions = planned_opinions(known_case(case), n_right, consulted, seed=seed)
-        rows.append(
-            attending_row(
-                case.question,
-                case.options,
-                case_images(case),
-                opinions,
-                case.answer,
-                case_id=case.case_id,
-                difficulty=classify(n_right / n_specialists),
-            )
+        row = attending_row(
+            case.question,
+            case.options,
+            case_images(case),
+            opinions,
+            case.answer,
+            case_id=case.case_id,
+            difficulty=classify(n_right / n_specialists),
         )
+        rows.append({**row, "modality": case.modality})
     return rows
 
 

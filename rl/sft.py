@@ -6,7 +6,12 @@ format, ``<think>…</think><answer> X</answer>``:
 - ``warmup_completions``: X is drawn at random from the row's choices (the specialties for triage,
   the option letters for the attending), freshly for every pass. The model learns the format and
   an even spread over the choices, but nothing about which one is right: held-out accuracy stays
-  at chance, and GRPO then sees non-zero rewards from its first step (DESIGN §6).
+  at chance, and GRPO then sees non-zero rewards from its first step (DESIGN §6). Where a row
+  knows its image's ``modality`` (the synthetic clinic), the ``<think>`` names it: the warm-up then
+  also teaches the model to say what it sees, as a pretrained VLM would, and leaves to GRPO which
+  specialist (or which answer) follows from it. Measured on the tiny model (seed 1, triage, answer
+  tokens only): with this perception in the think GRPO went from 0.143 to 1.000 held-out in 200
+  steps; runs with a fixed ``image`` think stayed below 0.6 after 300.
 The space before X keeps every specialty and option letter a single token of the tiny tokenizer,
 so the decision sits at one position.
 """
@@ -53,7 +58,8 @@ def gold_label(row: Row, role: str) -> str:
 
 
 def _sft_row(row: Row, answer: str) -> Row:
-    return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer)}
+    think = row.get("modality") or THINK
+    return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer, think)}
 
 
 def gold_completions(rows: Sequence[Row], role: str) -> list[Row]:
