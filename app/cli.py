@@ -535,8 +535,9 @@ def train(
     data: Annotated[Path | None, typer.Option(help="a `mmedagent export` folder to train on")] = None,
     synthetic: Annotated[int, typer.Option(min=0, help="train on N synthetic-clinic cases")] = 0,
     curriculum: Annotated[
-        bool, typer.Option("--curriculum/--no-curriculum", help="easy -> medium -> hard, or all mixed")
-    ] = True,
+        bool | None,
+        typer.Option("--curriculum/--no-curriculum", help="easy -> medium -> hard, or all mixed [recipe's]"),
+    ] = None,
     recipe: Annotated[
         Path | None, typer.Option(help="YAML recipe (rl/recipes/); default: the paper's settings")
     ] = None,
@@ -567,6 +568,7 @@ def train(
         fail(f"--role must be triage or attending, not {role!r}")
     if sum([from_db, data is not None, synthetic > 0]) != 1:
         fail("give exactly one data source: --from-db, --data DIR or --synthetic N")
+    out = out.resolve()  # the registered policy must load from any working directory
     if (out / "policy").exists():
         fail(f"{out / 'policy'} already exists: choose another --out")
     settings = load_settings()
@@ -606,7 +608,8 @@ def train(
             err.print(f"format warm-up: {warmup_steps} SFT steps on random labels ...")
             start = str(format_warmup(start, rows, role, out / "warmup", steps=warmup_steps).policy_path)
         rec.model = start
-        err.print(f"GRPO on {len(rows)} {role} rows from {start} ({'curriculum' if curriculum else 'mixed'})")
+        order = "curriculum" if rec.curriculum else "mixed"
+        err.print(f"GRPO on {len(rows)} {role} rows from {start} ({order})")
         try:
             result = train_grpo(rec, rows, out)
         except ValueError as exc:  # e.g. rows without difficulty under --curriculum
