@@ -156,7 +156,6 @@ def demo(
 ) -> None:
     """Build the tiny model if missing, run a few synthetic-clinic cases, show the results."""
     from app.runtime import CaseRequest
-    from data.images import load_image
     from data.synthetic import generate_cases
     from graph.parse import is_correct
 
@@ -168,15 +167,7 @@ def demo(
         table.add_column(col)
     try:
         for case in generate_cases(n, seed=seed):
-            req = CaseRequest(
-                question=case.question,
-                images=[load_image(b, limits=settings.image_limits()) for b in case.images],
-                options=list(case.options),
-                case_id=case.case_id,
-                gold_answer=case.answer,
-                gold_specialty=case.specialty,
-                source="demo",
-            )
+            req = CaseRequest.from_synthetic(case, limits=settings.image_limits(), source="demo")
             r = runtime.ask(req)
             right = r.status == "ok" and is_correct(r.answer or "", case.answer, case.options)
             table.add_row(
@@ -598,8 +589,10 @@ def train(
             "learning_rate": learning_rate, "seed": seed,
         }  # fmt: skip
         try:
-            rec = GRPORecipe.from_yaml(recipe, **overrides) if recipe else GRPORecipe(
-                **{k: v for k, v in overrides.items() if v is not None}
+            rec = (
+                GRPORecipe.from_yaml(recipe, **overrides)
+                if recipe
+                else GRPORecipe(**{k: v for k, v in overrides.items() if v is not None})
             )
         except (OSError, ValueError, TypeError) as exc:
             fail(f"bad recipe: {exc}")
@@ -629,7 +622,10 @@ def train(
                 adapter_path=served_adapter,
                 parent_id=parent,
                 training_run={
-                    **result.summary(), "rows": len(rows), "data": source, "warmup_steps": warmup_steps
+                    **result.summary(),
+                    "rows": len(rows),
+                    "data": source,
+                    "warmup_steps": warmup_steps,
                 },
             )
             console.print(

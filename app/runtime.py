@@ -17,7 +17,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 
 from app.backends.batcher import batching_session
 from app.config import Settings
-from data.images import ImageError, LoadedImage, image_from_bytes
+from data.images import ImageError, ImageLimits, LoadedImage, image_from_bytes, load_image
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from graph.build import build_graph
 from graph.context import GraphContext, GraphMode
@@ -26,6 +26,8 @@ from rl.rewards import step_rewards
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from data.synthetic import SyntheticCase
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,22 @@ class CaseRequest:
     thread_id: str | None = None
     eval_id: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_synthetic(
+        cls, case: SyntheticCase, *, gold: bool = True, limits: ImageLimits | None = None, **kw: Any
+    ) -> CaseRequest:
+        """A synthetic-clinic case as a request; ``gold`` attaches its answer and specialty (rewards);
+        ``kw`` sets or overrides any other field."""
+        fields_ = {
+            "question": case.question,
+            "images": [load_image(b, limits=limits or ImageLimits()) for b in case.images],
+            "options": list(case.options),
+            "case_id": case.case_id,
+            "gold_answer": case.answer if gold else None,
+            "gold_specialty": case.specialty if gold else None,
+        }
+        return cls(**{**fields_, **kw})
 
 
 @dataclass

@@ -26,7 +26,6 @@ from app.backends.local import TransformersBackend
 from app.backends.openai import OpenAIBackend, parse_chat_completion
 from app.config import RoleSpec, Settings
 from app.runtime import CaseRequest, Runtime
-from data.images import load_image
 from data.synthetic import generate_cases
 from graph.protocol import BackendError, ChatRequest, Sampling
 from graph.state import ROLES
@@ -100,7 +99,7 @@ def _settings(home: Path, model_dir: Path, base_url: str, **client: object) -> S
 
 def _case(seed: int) -> CaseRequest:
     (c,) = generate_cases(1, seed=seed)
-    return CaseRequest(question=c.question, images=[load_image(b) for b in c.images], options=list(c.options))
+    return CaseRequest.from_synthetic(c, gold=False, case_id=None)
 
 
 def _request(text: str, shade: int, max_new_tokens: int = 8) -> ChatRequest:

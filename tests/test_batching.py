@@ -19,7 +19,6 @@ from app.backends.batcher import MicroBatcher
 from app.backends.local import TransformersBackend
 from app.config import RoleSpec
 from app.runtime import CaseRequest
-from data.images import load_image
 from data.synthetic import generate_cases
 from graph.protocol import BackendError, ChatRequest, Completion, Sampling
 from graph.state import ROLES
@@ -41,10 +40,7 @@ def _request(text: str, shade: int, sampling: Sampling) -> ChatRequest:
 
 
 def _cases(n: int, seed: int) -> list[CaseRequest]:
-    return [
-        CaseRequest(question=c.question, images=[load_image(b) for b in c.images], options=list(c.options))
-        for c in generate_cases(n, seed=seed)
-    ]
+    return [CaseRequest.from_synthetic(c, gold=False, case_id=None) for c in generate_cases(n, seed=seed)]
 
 
 def _in_threads(fn: Callable[[int], Any], n: int) -> list[Any]:

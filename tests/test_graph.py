@@ -5,22 +5,12 @@ from __future__ import annotations
 import pytest
 
 from app.runtime import CaseRequest, InputError
-from data.images import load_image
 from data.synthetic import generate_cases
 from tests.scripted import ScriptedBackend, request_text
 
 
 def _case_request(seed: int = 0, **kw) -> CaseRequest:
-    case = generate_cases(1, seed=seed)[0]
-    return CaseRequest(
-        question=case.question,
-        images=[load_image(b) for b in case.images],
-        options=list(case.options),
-        case_id=case.case_id,
-        gold_answer=case.answer,
-        gold_specialty=case.specialty,
-        **kw,
-    )
+    return CaseRequest.from_synthetic(generate_cases(1, seed=seed)[0], **kw)
 
 
 def _specialist_answer(req) -> str:

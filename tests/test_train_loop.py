@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from app.cli import app
 from app.config import Settings
 from app.runtime import CaseRequest, Runtime
-from data.images import load_image
 from data.store import TrajectoryStore
 from data.synthetic import generate_cases
 from rl.simulated import AnswerKey, SimulatedSpecialist
@@ -44,14 +43,7 @@ def home(tmp_path, tiny_model_dir, monkeypatch) -> Path:
 
 
 def _request(case) -> CaseRequest:
-    return CaseRequest(
-        question=case.question,
-        images=[load_image(b) for b in case.images],
-        options=list(case.options),
-        case_id=case.case_id,
-        gold_answer=case.answer,
-        gold_specialty=case.specialty,
-    )
+    return CaseRequest.from_synthetic(case)
 
 
 def _policy_of(store: TrajectoryStore, run_id: str, role: str) -> int:
