@@ -231,6 +231,14 @@ class Runtime:
 
     def ask(self, req: CaseRequest, on_event: EventHandler | None = None) -> CaseResult:
         """Run one case through the graph and persist its trajectory (also when it fails)."""
+        # One batching session per run (app/backends/batcher.py): local backends batch this run's
+        # calls with other runs'. It spans the whole run, saving included, so that a worker that
+        # runs cases back to back is expected by the batchers until its next case begins: cases
+        # that started together go on together.
+        with batching_session():
+            return self._ask(req, on_event)
+
+    def _ask(self, req: CaseRequest, on_event: EventHandler | None) -> CaseResult:
         self.validate(req)
         run_id = uuid.uuid4().hex
         thread_id = req.thread_id or run_id
@@ -248,19 +256,17 @@ class Runtime:
         created = datetime.now(UTC)
         t0 = time.perf_counter()
         try:
-            # One batching session per run: local backends batch this run's calls with other runs'.
-            with batching_session():
-                for mode, chunk in self.graph.stream(
-                    case_input, config, context=self.context(), stream_mode=["custom", "values"]
-                ):
-                    if mode == "values":
-                        final = chunk
-                        continue
-                    if chunk.get("event") == "step_finished":
-                        record = chunk["record"]
-                        steps.append({**record, "policy_version_id": self.policy_ids.get(record["role"])})
-                    if on_event:
-                        on_event(chunk)
+            for mode, chunk in self.graph.stream(
+                case_input, config, context=self.context(), stream_mode=["custom", "values"]
+            ):
+                if mode == "values":
+                    final = chunk
+                    continue
+                if chunk.get("event") == "step_finished":
+                    record = chunk["record"]
+                    steps.append({**record, "policy_version_id": self.policy_ids.get(record["role"])})
+                if on_event:
+                    on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
             error = f"{type(exc).__name__}: {exc}"
             log.warning("run %s failed: %s", run_id, error)

@@ -7,7 +7,9 @@ checkpoints, and prints, per checkpoint:
 (a) graph overhead      = wall time of a case (Runtime.ask, persistence included) / time inside its
                           backend.generate calls (the 3 concurrent specialist calls counted once) - 1
 (b) fan-out speedup     = 3 sequential specialist calls / one batched call of the same 3
-(c) throughput scaling  = cases/s with 8 cases in flight / cases/s one at a time
+(c) throughput scaling  = cases/s with 8 cases in flight / cases/s one at a time; beside it, the same
+                          ratio on the model alone with every call carrying all 8 cases (the most
+                          batching can give on this machine: a compute-bound model gains less)
 (d) persistence share   = time in TrajectoryStore.save_run / wall time of a case
 
     .venv/bin/python bench/serving.py [--sizes tiny,small] [--threads 1]
@@ -133,6 +135,27 @@ def run_concurrent(rt: Runtime, cases: list[CaseRequest], workers: int) -> float
     return elapsed
 
 
+SPECIALTIES = ("Radiologist", "Pathologist", "Oncologist")
+OPINION = "<think>The image shows the finding of option A.</think><answer>A</answer>"
+
+
+def case_calls(case: CaseRequest, settings: Settings) -> list[list[ChatRequest]]:
+    """A case's 3 model calls as the graph makes them: triage, the 3 specialists, the attending
+    (here with fixed opinions)."""
+    images, n = [img.image for img in case.images], len(case.images)
+    q, options = case.question, list(case.options)
+    opinions = [(s, OPINION) for s in SPECIALTIES]
+    triage, specialist, attending = settings.triage, settings.specialist, settings.attending
+    return [
+        [ChatRequest(prompts.triage_messages(q, options, n), images, triage.sampling())],
+        [
+            ChatRequest(prompts.specialist_messages(s, q, options, n), images, specialist.sampling())
+            for s in SPECIALTIES
+        ],
+        [ChatRequest(prompts.attending_messages(q, options, n, opinions), images, attending.sampling())],
+    ]
+
+
 def fanout_speedup(
     model_dir: Path, settings: Settings, case: CaseRequest, reps: int
 ) -> tuple[float, float, float]:
@@ -143,13 +166,7 @@ def fanout_speedup(
     A backend without a batching window, so neither side waits for companions.
     """
     backend = TransformersBackend(str(model_dir), batch_wait_s=0.0)
-    sampling = settings.specialist.sampling()
-    images = [img.image for img in case.images]
-    question, options = case.question, list(case.options)
-    requests = [
-        ChatRequest(prompts.specialist_messages(s, question, options, len(images), []), images, sampling)
-        for s in ("Radiologist", "Pathologist", "Oncologist")
-    ]
+    requests = case_calls(case, settings)[1]
     backend.generate(requests[:1])  # warm-up
     prefill_only = [ChatRequest(r.messages, r.images, Sampling(max_new_tokens=1)) for r in requests]
     sequential, batched, prefill = [], [], []
@@ -169,6 +186,26 @@ def fanout_speedup(
     return statistics.median(sequential), statistics.median(batched), statistics.median(prefill)
 
 
+def batching_ceiling(model_dir: Path, settings: Settings, cases: list[CaseRequest]) -> tuple[float, float]:
+    """Seconds per case on the model alone (no graph, no batching window): each case's 3 calls one
+    case at a time, and each call of all ``cases`` as one batch. Their ratio is what (c) would be
+    with perfect batching on this machine."""
+    backend = TransformersBackend(str(model_dir), batch_wait_s=0.0, max_batch=5 * len(cases))
+    calls = [case_calls(case, settings) for case in cases]
+    backend.generate(calls[0][0])  # warm-up
+    started = time.perf_counter()
+    for per_case in calls:
+        for call in per_case:
+            backend.generate(call)
+    alone = (time.perf_counter() - started) / len(cases)
+    started = time.perf_counter()
+    for stage in range(3):
+        backend.generate([request for per_case in calls for request in per_case[stage]])
+    together = (time.perf_counter() - started) / len(cases)
+    backend.close()
+    return alone, together
+
+
 def bench_size(size: str, root: Path, n_seq: int, n_conc: int, workers: int, reps: int) -> dict[str, Any]:
     model_dir = build_tiny_model(root / f"model-{size}", size=size)
     settings = Settings(home=root / f"home-{size}", model=str(model_dir))
@@ -186,6 +223,7 @@ def bench_size(size: str, root: Path, n_seq: int, n_conc: int, workers: int, rep
         conc_s = run_concurrent(rt, case_requests(n_conc, 2, settings), workers)
         conc_calls = backend.model_calls - calls_before
         seq_b, batch_b, prefill_b = fanout_speedup(model_dir, settings, seq_cases[0], reps)
+        ceiling = batching_ceiling(model_dir, settings, case_requests(workers, 2, settings))
     finally:
         rt.close()
         backend.close()
@@ -200,6 +238,7 @@ def bench_size(size: str, root: Path, n_seq: int, n_conc: int, workers: int, rep
         "b_detail": (seq_b, batch_b, prefill_b),
         "c": (n_conc / conc_s) / (n_seq / wall),
         "c_detail": (n_seq / wall, n_conc / conc_s, 5 * n_conc / conc_calls),
+        "c_ceiling": ceiling[0] / ceiling[1],
         "d": sum(seq["saves"]) / wall,
         "save_ms": 1000 * statistics.mean(seq["saves"]),
         "overhead_ms": 1000 * (wall - model) / n_seq,
@@ -231,6 +270,10 @@ def report(r: Mapping[str, Any], workers: int) -> None:
     print(
         f"      = {tp8:.3f} cases/s at {workers} in flight / {tp1:.3f} cases/s at 1 "
         f"({per_call:.1f} requests per model.generate at {workers})"
+    )
+    print(
+        f"      the model alone, {workers} cases per call vs one at a time (same prompts, no graph): "
+        f"{r['c_ceiling']:.2f}"
     )
     print(f"  (d) persistence share  {r['d']:8.4f}   {_verdict('d', r['d'])}")
     print(f"      = {r['save_ms']:.1f} ms per case in save_run")

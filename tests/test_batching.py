@@ -8,6 +8,7 @@ machine is; what is asserted is who gets which result and how many model calls t
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from app.backends.batcher import MicroBatcher
+from app.backends.batcher import MicroBatcher, batching_session
 from app.backends.local import TransformersBackend
 from app.config import RoleSpec
 from app.runtime import CaseRequest
@@ -205,3 +206,58 @@ def test_a_bug_outside_run_fails_its_callers_and_the_worker_goes_on() -> None:
         batcher.submit(["unhashable"])
     assert [c.text for c in batcher.submit(["fine"])] == ["FINE"]
     batcher.close()
+
+
+def _upper(calls: list[int]) -> Callable[[list[str]], list[Completion]]:
+    def run(items: list[str]) -> list[Completion]:
+        calls.append(len(items))
+        return [Completion(text=item.upper(), model_id="upper") for item in items]
+
+    return run
+
+
+def test_cases_started_together_share_their_first_batch_though_they_reach_it_apart() -> None:
+    # Each case's preprocessing takes a different time; the first to arrive must not run alone
+    # once the gap passes: the others are active sessions that have not called a model yet.
+    calls: list[int] = []
+    batcher: MicroBatcher[str] = MicroBatcher(
+        _upper(calls), key=lambda _i, _c: 0, max_wait_s=5.0, gap_s=0.005
+    )
+    barrier = threading.Barrier(4)
+
+    def case(i: int) -> list[Completion]:
+        with batching_session():
+            barrier.wait()
+            time.sleep(0.03 * i)
+            return batcher.submit([f"case {i}"])
+
+    results = _in_threads(case, 4)
+    batcher.close()
+    assert [r[0].text for r in results] == [f"CASE {i}" for i in range(4)]
+    assert calls == [4]
+
+
+def test_a_session_that_never_calls_holds_a_batch_no_longer_than_max_wait() -> None:
+    calls: list[int] = []
+    batcher: MicroBatcher[str] = MicroBatcher(
+        _upper(calls), key=lambda _i, _c: 0, max_wait_s=0.2, gap_s=0.005
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def idle() -> None:
+        with batching_session():
+            started.set()
+            release.wait(timeout=60)
+
+    idler = threading.Thread(target=idle)
+    idler.start()
+    started.wait(timeout=60)
+    try:
+        with batching_session():
+            (done,) = batcher.submit(["busy"])
+        assert not release.is_set()  # answered while the idle session was still active
+    finally:
+        release.set()
+        idler.join(timeout=60)
+        batcher.close()
+    assert done.text == "BUSY" and calls == [1]

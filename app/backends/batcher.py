@@ -5,9 +5,12 @@ threads) call ``submit`` and block. One worker thread gathers what arrives and r
 when any of these holds:
 
 - ``max_batch`` requests are waiting;
-- no request arrived for ``gap_s`` and every active *session* this batcher serves has a request
+- no request arrived for ``gap_s`` and every active *session* this batcher expects has a request
   waiting (a session is one case run, see ``batching_session``; callers outside sessions need only
-  the gap). The gap lets the parallel siblings of a fan-out, which arrive within a few ms, join;
+  the gap). A batcher expects the sessions it has served, and sessions that have not called any
+  batcher yet: cases started together begin together rather than splitting their first batch by a
+  few ms of preprocessing, and once out of step (their calls differ in length) they would stay
+  so. The gap lets the parallel siblings of a fan-out, which arrive within a few ms, join;
 - ``max_wait_s`` passed since the first request arrived or the model freed up (whichever is later):
   the bound on waiting for a session that is busy elsewhere.
 
@@ -36,8 +39,18 @@ logger = logging.getLogger(__name__)
 
 Item = TypeVar("Item")  # what a caller submits: a ChatRequest, or a (ChatRequest, adapter) pair
 
-_SESSION: ContextVar[object | None] = ContextVar("mmedagent_batching_session", default=None)
-_ACTIVE: set[object] = set()
+
+class _Session:
+    """One case run, as the batchers see it: has it called any batcher yet?"""
+
+    __slots__ = ("called",)
+
+    def __init__(self) -> None:
+        self.called = False
+
+
+_SESSION: ContextVar[_Session | None] = ContextVar("mmedagent_batching_session", default=None)
+_ACTIVE: set[_Session] = set()
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -46,10 +59,11 @@ def batching_session() -> Iterator[None]:
     """Mark the model calls made inside as one client of the batchers (one case run).
 
     Calls from this thread, and from threads that copy its context (LangGraph runs nodes that way),
-    belong to the session. While it is active a batcher that has served it expects more from it: a
-    batch waits for it (up to ``max_wait_s``) unless it already has a request waiting.
+    belong to the session. While it is active a batcher that has served it expects more from it, and
+    until it first calls a batcher every batcher expects it: a batch waits for it (up to
+    ``max_wait_s``) unless it already has a request waiting.
     """
-    token = object()
+    token = _Session()
     with _ACTIVE_LOCK:
         _ACTIVE.add(token)
     reset = _SESSION.set(token)
@@ -68,7 +82,7 @@ class _Job(Generic[Item]):
     caller: int
     requests: list[Item]
     arrived: float
-    session: object | None
+    session: _Session | None
     results: list[Completion | None] = field(init=False)
     remaining: int = field(init=False)
     error: BaseException | None = None
@@ -120,7 +134,7 @@ class MicroBatcher(Generic[Item]):
         self._closed = False
         self._free_since = 0.0  # when the last batch finished
         self._last_arrival = 0.0
-        self._served: set[object] = set()  # sessions that submitted here
+        self._served: set[_Session] = set()  # sessions that submitted here
 
     def submit(self, requests: Sequence[Item]) -> list[Completion]:
         """Complete ``requests`` (in order) together with whatever other callers submit meanwhile."""
@@ -132,6 +146,7 @@ class MicroBatcher(Generic[Item]):
             self._callers += 1
             job = _Job(self._callers, list(requests), time.perf_counter(), _SESSION.get())
             if job.session is not None:
+                job.session.called = True
                 self._served.add(job.session)
             self._last_arrival = job.arrived
             self._pending.append(job)
@@ -208,10 +223,10 @@ class MicroBatcher(Generic[Item]):
             return jobs
 
     def _sessions_all_waiting(self) -> bool:
-        """Whether every still-active session this batcher has served has a request waiting."""
+        """Whether every session this batcher expects (see the module doc) has a request waiting."""
         with _ACTIVE_LOCK:
             self._served &= _ACTIVE
-            expected = set(self._served)
+            expected = self._served | {s for s in _ACTIVE if not s.called}
         return expected <= {job.session for job in self._pending}
 
     def _process(self, jobs: list[_Job[Item]]) -> None:
