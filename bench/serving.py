@@ -190,7 +190,7 @@ def batching_ceiling(model_dir: Path, settings: Settings, cases: list[CaseReques
     """Seconds per case on the model alone (no graph, no batching window): each case's 3 calls one
     case at a time, and each call of all ``cases`` as one batch. Their ratio is what (c) would be
     with perfect batching on this machine."""
-    backend = TransformersBackend(str(model_dir), batch_wait_s=0.0, max_batch=5 * len(cases))
+    backend = TransformersBackend(str(model_dir), batch_wait_s=0.0, max_batch=len(SPECIALTIES) * len(cases))
     calls = [case_calls(case, settings) for case in cases]
     backend.generate(calls[0][0])  # warm-up
     started = time.perf_counter()

@@ -74,9 +74,10 @@ class GRPORecipe:
     # the KL term: the tiny model's high learning rate otherwise breaks the format.
     top_entropy_quantile: float = 1.0
     # "answer": the policy-gradient and entropy terms act on the answer's tokens only (the decision);
-    # the KL term still acts on every token. For a model whose <think> is a fixed string (the tiny
-    # one), the reward says nothing about those tokens, and their gradient is noise that breaks the
-    # format at the learning rates such a model needs. "all": every completion token (the paper).
+    # the KL term still acts on every token. For the tiny model, whose <think> only repeats what its
+    # format warm-up taught, the reward says nothing about those tokens, and their gradient is noise
+    # that breaks the format at the learning rates it needs. "all": every completion token (the
+    # paper). CurriculumGRPOTrainer (answer_tokens_only) applies it.
     policy_tokens: Literal["all", "answer"] = "all"
     curriculum: bool = True
     stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
@@ -107,8 +108,6 @@ class GRPORecipe:
             raise ValueError("completions_per_step must be a multiple of gradient_accumulation_steps")
         if self.policy_tokens not in ("all", "answer"):
             raise ValueError(f"policy_tokens must be 'all' or 'answer', got {self.policy_tokens!r}")
-        if self.policy_tokens == "answer" and self.top_entropy_quantile < 1.0:
-            raise ValueError("policy_tokens 'answer' picks the tokens itself: keep top_entropy_quantile 1.0")
         if len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError("stage names must be unique")
 
