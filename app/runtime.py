@@ -291,6 +291,7 @@ class Runtime:
             wall_s=wall,
             meta=req.meta,
             eval_id=req.eval_id,
+            mode=self.mode.kind,
         )
         images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
         self.store.save_run(run, steps, images, self._rewards(req, run.options, steps))
