@@ -98,6 +98,8 @@ class CaseResult:
             "opinions": self.opinions,
             "answer": self.answer,
             "parse_status": self.answer_status,
+            # The registered policy version (``mmedagent policies``) of each role that answered.
+            "policy_versions": {s["role"]: s.get("policy_version_id") for s in self.steps},
             "timings": {
                 "wall_s": round(self.wall_s, 4),
                 "model_s": round(sum(s.get("latency_s", 0.0) for s in self.steps), 4),
@@ -106,6 +108,9 @@ class CaseResult:
                         "node": s["node"],
                         "specialty": s.get("specialty"),
                         "latency_s": round(s["latency_s"], 4),
+                        "wait_s": round(s.get("wait_s") or 0.0, 4),
+                        "batch_id": s.get("batch_id"),
+                        "policy_version_id": s.get("policy_version_id"),
                     }
                     for s in self.steps
                 ],
