@@ -20,7 +20,12 @@ State = Literal["ran", "failed", "skipped"]
 STYLES: dict[State, dict[str, str]] = {
     "ran": {"color": "#1d4ed8", "fillcolor": "#dbeafe", "penwidth": "2", "style": "filled,rounded"},
     "failed": {"color": "#dc2626", "fillcolor": "#fee2e2", "penwidth": "2.5", "style": "filled,rounded"},
-    "skipped": {"color": "#9ca3af", "fillcolor": "#f9fafb", "fontcolor": "#9ca3af", "style": "dashed,rounded"},
+    "skipped": {
+        "color": "#9ca3af",
+        "fillcolor": "#f9fafb",
+        "fontcolor": "#9ca3af",
+        "style": "dashed,rounded",
+    },
 }
 TERMINALS = ("__start__", "__end__")
 
@@ -41,7 +46,8 @@ def _units(run: dict[str, Any], node: str) -> list[tuple[str, str, State | None]
     """The boxes a graph node is drawn as: (id, label, state or None when not known from steps)."""
     steps = [st for st in run["steps"] if st["node"] == node]
     if node == "specialist":
-        specialties = list(dict.fromkeys([*(run.get("specialties") or []), *(st["specialty"] for st in steps)]))
+        chosen = [*(run.get("specialties") or []), *(st["specialty"] for st in steps)]
+        specialties = list(dict.fromkeys(chosen))
         if not specialties:
             return [("specialist", "specialist", None)]
         by_specialty = {st["specialty"]: st for st in steps}

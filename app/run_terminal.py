@@ -89,14 +89,11 @@ def timeline_table(report: dict[str, Any], width: int = BAR_WIDTH) -> Group:
             _bar_cells(bar, scale, style),
         )
     shared = [b for b in {b.batch for b in bars if b.batch} if sum(x.batch == b for x in bars) > 1]
+    together = [f"{b}: {', '.join(x.label for x in bars if x.batch == b)}" for b in sorted(shared)]
     legend = Text(
-        "· wait (queueing, batching, pre/post-processing)  █ model call  "
-        + (
-            "; " + "; ".join(f"{b}: {', '.join(x.label for x in bars if x.batch == b)}" for b in sorted(shared))
-            if shared
-            else ""
-        )
-        + "  (batch (n): n requests in that generate, other runs' included)",
+        "· wait (queueing, batching, pre/post-processing)  █ model call"
+        + "".join(f"\n{line}" for line in together)
+        + "\nbatch (n): n requests in that batched generate, other runs' included",
         style="dim",
     )
     return Group(table, legend)

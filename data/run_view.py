@@ -168,7 +168,10 @@ def diff_runs(a: dict[str, Any], b: dict[str, Any]) -> list[DiffRow]:
     side by side: what was asked, who was consulted, each opinion, the answer, its reward, the cost."""
 
     def row(name: str, va: Any, vb: Any) -> DiffRow:
-        return DiffRow(name, "—" if va in (None, "") else str(va), "—" if vb in (None, "") else str(vb), va != vb)
+        def text(v: Any) -> str:
+            return "—" if v in (None, "") else str(v)
+
+        return DiffRow(name, text(va), text(vb), va != vb)
 
     def tokens(run: dict[str, Any], key: str) -> int:
         return sum(st.get(key) or 0 for st in run["steps"])
