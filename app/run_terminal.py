@@ -110,4 +110,3 @@ def diff_table(a: dict[str, Any], b: dict[str, Any], rows: list[DiffRow]) -> Tab
         style = "bold yellow" if r.changed else ""
         table.add_row("≠" if r.changed else "", r.field, Text(r.a, style=style), Text(r.b, style=style))
     return table
-

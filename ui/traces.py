@@ -17,6 +17,7 @@ from PIL import Image
 from data.difficulty import LEVELS
 from data.store import TrajectoryStore, run_to_dict
 from ui.queries import NO_DIFFICULTY, RunFilter, find_runs, run_difficulty
+from ui.run_views import build_run_views
 from ui.safety import redact_paths
 
 ANY = "any"
@@ -213,6 +214,7 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         preview=False,
         visible=False,
     )
+    views = build_run_views(store)  # timeline, graph picture, comparison (ui/run_views.py)
     record = gr.State(None)
 
     @gr.render(inputs=[record])
@@ -272,5 +274,6 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         do_open, run_id, open_outputs, api_visibility="private"
     )
     open_button.click(do_open, run_id, open_outputs, api_name="open_run")
+    record.change(views.show, record, views.outputs, api_visibility="private")
     run_id.submit(do_open, run_id, open_outputs, api_visibility="private")
     return TracesTab(run_id, do_open, open_outputs, do_search, filters, [table, policy])
