@@ -69,6 +69,20 @@ class UISettings(BaseModel):
     concurrency: int = Field(2, ge=1, le=64, description="cases the app runs at once (others queue)")
 
 
+class TracingSettings(BaseModel):
+    """OpenTelemetry export of every run (app/tracing.py). Off unless ``otlp_endpoint`` is set."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP receiver, e.g. http://127.0.0.1:4318 (…/v1/traces is added)"
+    )
+    content: bool | None = Field(
+        None, description="export prompts and completions; None: only when store_pixels is true"
+    )
+    service_name: str = "mmedagent"
+    timeout_s: float = Field(5.0, gt=0, le=120, description="per export request")
+    max_queue: int = Field(4096, ge=16, description="spans waiting for export; more are dropped")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Defaults run offline on the tiny model and a SQLite file."""
 
@@ -100,6 +114,7 @@ class Settings(BaseSettings):
     max_question_chars: int = 8_000
     max_options: int = 26
     ui: UISettings = UISettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -147,6 +147,11 @@ class Runtime:
         self.policy_ids = self._resolve_policies()
         self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
         self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn), kind=self.mode.kind)
+        self.tracer = None  # OpenTelemetry export of each run (app/tracing.py), when configured
+        if settings.tracing.otlp_endpoint:
+            from app.tracing import make_tracer
+
+            self.tracer = make_tracer(settings)
         # Decoded pixels of recent images (bounded: a long-lived UI process sees many cases).
         self._images: OrderedDict[str, Image.Image] = OrderedDict()
         self._images_lock = threading.Lock()
@@ -164,6 +169,9 @@ class Runtime:
         }
 
     def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+            self.tracer = None
         self._checkpoint_conn.close()
         self.store.close()
         if self._owns_backends:  # batcher threads, HTTP connection pools
@@ -269,7 +277,8 @@ class Runtime:
                     continue
                 if chunk.get("event") == "step_finished":
                     record = chunk["record"]
-                    steps.append({**record, "policy_version_id": self.policy_ids.get(record["role"])})
+                    policy = self.policy_ids.get(record["role"])
+                    steps.append({**record, "policy_version_id": policy, "finished_at": time.time()})
                 if on_event:
                     on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
@@ -300,6 +309,8 @@ class Runtime:
         )
         images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
         self.store.save_run(run, steps, images, self._rewards(req, run.options, steps))
+        if self.tracer is not None:
+            self.tracer.export_run(run, steps, self.context().sampling)
         result = CaseResult(
             run_id=run_id,
             thread_id=thread_id,
