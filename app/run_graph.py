@@ -80,26 +80,26 @@ def run_graph(run: dict[str, Any]) -> graphviz.Digraph:
     dot.attr("edge", color="#9ca3af", fontname="Helvetica", fontsize="9")
     failed_run = run["status"] == "error"
     boxes: dict[str, list[tuple[str, State]]] = {}
+    stopped = False  # a failed run stops in one node (its parallel units included); later ones never ran
     for node in _topological(list(drawable.nodes), edges):
+        stopped_here = False
         if node in TERMINALS:
             reached = node == "__start__" or not failed_run
-            boxes[node] = [(node, "ran" if reached else "skipped")]
-            dot.node(
-                node,
-                "start" if node == "__start__" else "end",
-                shape="oval",
-                id=f"graph-{node.strip('_')}",
-                **STYLES["ran" if reached else "skipped"],
-            )
+            state: State = "ran" if reached else "skipped"
+            boxes[node] = [(node, state)]
+            label = node.strip("_")
+            dot.node(node, label, shape="oval", id=f"graph-{label}", **{**STYLES[state], "class": state})
             continue
-        preds_ran = all(s == "ran" for src, dst in edges if dst == node for _, s in boxes.get(src, []))
+        preds_ran = all(s != "skipped" for src, dst in edges if dst == node for _, s in boxes.get(src, []))
         units = []
         for box_id, label, state in _units(run, node):
             if state is None:  # no step: the failed run stopped here, or never got here
-                state = "failed" if failed_run and preds_ran else "skipped"
+                state = "failed" if failed_run and preds_ran and not stopped else "skipped"
+                stopped_here = stopped_here or state == "failed"
             units.append((box_id, state))
             dot.node(box_id, label, id=f"graph-{box_id}", **{**STYLES[state], "class": state})
         boxes[node] = units
+        stopped = stopped or stopped_here
     for src, dst in edges:
         for a, sa in boxes.get(src, []):
             for b, sb in boxes.get(dst, []):
