@@ -98,7 +98,7 @@ def test_graph_picture_shows_the_path_taken(page, runs):
     for node in ("triage", "attending", "start", "end"):
         assert page.locator(f"#graph-{node}").count() == 1
     assert page.locator("#trace-graph g.node").count() == 4 + len(consulted)
-    page.locator("#trace-graph").screenshot(path=str(ARTIFACTS / "traces-graph.png"))
+    graph.screenshot(path=str(ARTIFACTS / "traces-graph.png"))
 
 
 def test_comparing_two_runs_marks_the_changed_answer(page, runs):
