@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
-from app.config import RoleSpec
+from app.config import RoleSpec, Settings
 from app.run_graph import run_graph_svg
-from app.runtime import CaseRequest
+from app.runtime import CaseRequest, Runtime
 from data.run_view import run_report, timeline
 from data.synthetic import make_case
 from graph.context import GraphMode
@@ -25,24 +25,42 @@ SMALL = {r: RoleSpec(max_new_tokens=12) for r in ROLES}
 ANSWER_B = "<think>the finding</think><answer>B</answer>"
 
 
-@pytest.fixture
-def cli_env(settings, tiny_model_dir, monkeypatch):
-    """The CLI on the test's store (the runtime fixtures' home)."""
-    monkeypatch.setenv("MMEDAGENT_HOME", str(settings.home))
-    monkeypatch.setenv("MMEDAGENT_MODEL", str(tiny_model_dir))
+@pytest.fixture(scope="module")
+def patient_backend(tiny_model_dir):
+    """The tiny model, batching with a generous quiet gap: on a loaded machine the three specialist
+    threads of a fan-out can reach the batcher more than the default 5 ms apart."""
+    from app.backends.local import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_model_dir), batch_gap_s=0.5, batch_wait_s=2.0)
+    yield backend
+    backend.close()
 
 
-@pytest.fixture
-def two_runs(make_runtime, tiny_backend):
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_model_dir, patient_backend):
     """One case through the tiny model, then again with an attending that answers "B"."""
+    settings = Settings(
+        home=tmp_path_factory.mktemp("run-views") / "home", model=str(tiny_model_dir), **SMALL
+    )
     case = make_case(0)
-    rt = make_runtime(**SMALL)
-    a = rt.ask(CaseRequest.from_synthetic(case, limits=rt.settings.image_limits()))
+    rt = Runtime(settings, backends=dict.fromkeys(ROLES, patient_backend))
+    a = rt.ask(CaseRequest.from_synthetic(case, limits=settings.image_limits()))
     scripted = ScriptedBackend(lambda _: ANSWER_B, model_id="attending-v2")
-    rt_b = make_runtime(backends={"triage": tiny_backend, "specialist": tiny_backend, "attending": scripted})
-    b = rt_b.ask(CaseRequest.from_synthetic(case, limits=rt.settings.image_limits()))
+    rt_b = Runtime(
+        settings, backends={"triage": patient_backend, "specialist": patient_backend, "attending": scripted}
+    )
+    b = rt_b.ask(CaseRequest.from_synthetic(case, limits=settings.image_limits()))
+    rt_b.close()
     assert (a.status, b.status) == ("ok", "ok") and a.answer != "B" and b.answer == "B"
-    return rt, case, a, b
+    yield rt, case, a, b
+    rt.close()
+
+
+@pytest.fixture
+def cli_env(two_runs, tiny_model_dir, monkeypatch):
+    """The CLI on the store of ``two_runs``."""
+    monkeypatch.setenv("MMEDAGENT_HOME", str(two_runs[0].settings.home))
+    monkeypatch.setenv("MMEDAGENT_MODEL", str(tiny_model_dir))
 
 
 def test_timeline_puts_the_parallel_specialists_in_one_batch(two_runs):
@@ -124,7 +142,6 @@ def test_ask_json_names_the_policy_version_of_each_role(tmp_path, cli_env):
     res = runner.invoke(app, ["ask", "--image", str(img), "--question", "What is it?", "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.output[res.output.index("{") :])
-    from app.config import Settings
     from data.store import TrajectoryStore
 
     store = TrajectoryStore(Settings().database_url)
@@ -155,12 +172,12 @@ def test_graph_picture_marks_the_path_and_the_failed_node(two_runs, make_runtime
     rt_down = make_runtime(backends={"triage": tiny_backend, "specialist": tiny_backend, "attending": down})
     failed = rt_down.ask(CaseRequest.from_synthetic(case, limits=rt.settings.image_limits()))
     assert failed.status == "error"
-    classes = _classes(run_graph_svg(run_report(rt.store, failed.run_id)))
+    classes = _classes(run_graph_svg(run_report(rt_down.store, failed.run_id)))
     assert (classes["attending"], classes["end"]) == ("failed", "skipped")
     # triage's backend down: triage red, nothing after it reached
     rt_triage = make_runtime(backends={"triage": down, "specialist": tiny_backend, "attending": tiny_backend})
     failed = rt_triage.ask(CaseRequest.from_synthetic(case, limits=rt.settings.image_limits()))
-    classes = _classes(run_graph_svg(run_report(rt.store, failed.run_id)))
+    classes = _classes(run_graph_svg(run_report(rt_triage.store, failed.run_id)))
     assert classes == {"start": "ran", "triage": "failed", "specialist": "skipped", "attending": "skipped",
                        "end": "skipped"}  # fmt: skip
 

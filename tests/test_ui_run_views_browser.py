@@ -23,7 +23,18 @@ ROLES = ("triage", "specialist", "attending")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir, tiny_backend):
+def patient_backend(tiny_model_dir):
+    """The tiny model, batching with a generous quiet gap: on a loaded machine the three specialist
+    threads of a fan-out can reach the batcher more than the default 5 ms apart."""
+    from app.backends.local import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_model_dir), batch_gap_s=0.5, batch_wait_s=2.0)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir, patient_backend):
     """A multi run of the tiny model, and the same case again with an attending that answers "B"
     (a "new policy"): (runtime, run A id, run B id)."""
     settings = Settings(
@@ -34,13 +45,13 @@ def runs(tmp_path_factory, tiny_model_dir, tiny_backend):
         attending=RoleSpec(max_new_tokens=16),
     )
     case = make_case(0)
-    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, tiny_backend))
+    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, patient_backend))
     a = runtime.ask(CaseRequest.from_synthetic(case, limits=settings.image_limits()))
     scripted = ScriptedBackend(
         lambda _: "<think>the finding</think><answer>B</answer>", model_id="attending-v2"
     )
     other = Runtime(
-        settings, backends={"triage": tiny_backend, "specialist": tiny_backend, "attending": scripted}
+        settings, backends={"triage": patient_backend, "specialist": patient_backend, "attending": scripted}
     )
     b = other.ask(CaseRequest.from_synthetic(case, limits=settings.image_limits()))
     other.close()
