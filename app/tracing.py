@@ -176,32 +176,41 @@ class RunTracer:
         if run.status == "error":
             root.set_status(Status(StatusCode.ERROR, run.error or "the run failed"))
         parent = set_span_in_context(root)
+        # One span per node execution: a specialist per specialty; the vote node's samples together.
+        executions: dict[tuple[str, str | None], list[Mapping[str, Any]]] = {}
         for st in steps:
-            st_start = float(st.get("started_at") or start)
-            wait, model = float(st.get("wait_s") or 0.0), float(st.get("latency_s") or 0.0)
+            executions.setdefault((st["node"], st.get("specialty")), []).append(st)
+        for (name, specialty), calls in executions.items():
+            first = calls[0]
             node_attrs = {
                 **common,
                 "openinference.span.kind": "AGENT",
-                "graph.node.id": st["node"],
-                "mmedagent.role": st["role"],
-                "mmedagent.parse_status": st.get("parse_status") or "",
+                "graph.node.id": name,
+                "mmedagent.role": first["role"],
+                "mmedagent.parse_status": ",".join(c.get("parse_status") or "" for c in calls),
             }
-            if st.get("specialty"):
-                node_attrs["mmedagent.specialty"] = st["specialty"]
-            if st.get("policy_version_id") is not None:
-                node_attrs["mmedagent.policy_version_id"] = st["policy_version_id"]
+            if specialty:
+                node_attrs["mmedagent.specialty"] = specialty
+            if first.get("policy_version_id") is not None:
+                node_attrs["mmedagent.policy_version_id"] = first["policy_version_id"]
+            node_start = float(first.get("started_at") or start)
             node = self._tracer.start_span(
-                st["node"], context=parent, start_time=_ns(st_start), attributes=node_attrs
+                name, context=parent, start_time=_ns(node_start), attributes=node_attrs
             )
-            call = self._tracer.start_span(
-                f"chat {st['model_id']}",
-                context=set_span_in_context(node),
-                kind=SpanKind.CLIENT,
-                start_time=_ns(st_start + wait),
-                attributes=self._call_attributes(st, sampling.get(st["role"]), common),
-            )
-            call.end(end_time=_ns(st_start + wait + model))
-            node.end(end_time=_ns(max(float(st.get("finished_at") or 0.0), st_start + wait + model)))
+            node_end = node_start
+            for st in calls:
+                call_start = float(st.get("started_at") or start) + float(st.get("wait_s") or 0.0)
+                call_end = call_start + float(st.get("latency_s") or 0.0)
+                call = self._tracer.start_span(
+                    f"chat {st['model_id']}",
+                    context=set_span_in_context(node),
+                    kind=SpanKind.CLIENT,
+                    start_time=_ns(call_start),
+                    attributes=self._call_attributes(st, sampling.get(st["role"]), common),
+                )
+                call.end(end_time=_ns(call_end))
+                node_end = max(node_end, call_end, float(st.get("finished_at") or 0.0))
+            node.end(end_time=_ns(node_end))
         root.end(end_time=_ns(end))
 
     def _call_attributes(

@@ -20,6 +20,7 @@ import pytest
 from app.config import RoleSpec, TracingSettings
 from app.runtime import CaseRequest
 from data.synthetic import make_case
+from graph.context import GraphMode
 
 PHOENIX = Path(sys.executable).with_name("phoenix")
 PROJECT = "mmedagent"
@@ -125,6 +126,19 @@ def test_each_run_is_one_trace_with_nested_node_and_model_spans(phoenix, make_ru
             assert attrs["output.value"] == st.completion  # prompts and completions exported
             assert json.loads(attrs["input.value"]) == st.messages
             assert call["start_time"] >= node["start_time"] and call["end_time"] <= node["end_time"]
+
+
+def test_a_vote_run_is_one_vote_node_with_a_call_per_sample(phoenix, make_runtime):
+    runtime = make_runtime(
+        mode=GraphMode("vote", votes=3), tracing=TracingSettings(otlp_endpoint=phoenix, timeout_s=60), **SMALL
+    )
+    res = _ask(runtime, 3)
+    assert runtime.tracer.flush()
+    spans = _spans(phoenix, res.run_id, 5)
+    (root,) = [s for s in spans if s["parent_id"] is None]
+    (vote,) = [s for s in spans if s["parent_id"] == root["context"]["span_id"]]
+    calls = [s for s in spans if s["parent_id"] == vote["context"]["span_id"]]
+    assert root["name"] == "mmedagent.vote" and vote["name"] == "vote" and len(calls) == 3 == len(spans) - 2
 
 
 def test_privacy_keeps_prompts_and_completions_out(phoenix, make_runtime):
