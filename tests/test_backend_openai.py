@@ -228,7 +228,7 @@ def test_image_blocks_must_match_images(server: ServeProcess, tiny_model_dir: Pa
 
 def test_unreachable_server_and_missing_key_are_clear_errors(tiny_model_dir: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    backend = OpenAIBackend(url, "m", retries=2, backoff_s=0.01)
+    backend = OpenAIBackend(url, "m", retries=2)
     with pytest.raises(BackendError, match=r"cannot reach the server.*gave up after 3 attempts"):
         backend.generate([_request("Which specialist?", 10)])
     backend.close()
