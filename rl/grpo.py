@@ -180,7 +180,8 @@ def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
         "max_steps": recipe.max_steps,
         "shuffle_dataset": False,
         "seed": recipe.seed,
-        "gradient_checkpointing": recipe.gradient_checkpointing,
+        # transformers' name (TRL's configs still default the deprecated alias, which warns if left unset)
+        "activation_checkpointing": recipe.gradient_checkpointing,
         "report_to": recipe.report_to,
         "use_vllm": recipe.use_vllm,
         "logging_steps": recipe.logging_steps,
