@@ -1,4 +1,4 @@
-"""Curriculum GRPO on TRL's GRPOTrainer (DESIGN §1).
+"""Curriculum GRPO on TRL's GRPOTrainer (docs/paper.md).
 
 The objective is the paper's: J_GRPO − β·KL(π‖π_ref) + γ·H, with per-stage β and γ. TRL 1.16 already
 implements both terms: ``beta`` (per-token KL against the reference, i.e. the starting policy: the
