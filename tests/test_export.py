@@ -87,6 +87,7 @@ def _assert_row_is_db_content(row, store: TrajectoryStore) -> None:
         assert store.image_bytes(sha) == img["bytes"]
 
 
+@pytest.mark.slow
 def test_parquet_round_trip_equals_db_content(settings, store, tiny_backend, tmp_path):
     made = make_runs(settings, store, [3, 1, 0, None])
     store.add_feedback(made[1].run_id, correct=False, answer="A", note="look again")
@@ -248,6 +249,7 @@ def test_parse_since():
         parse_since("last tuesday")
 
 
+@pytest.mark.slow
 def test_export_feeds_grpo_trainer_without_conversion(runs, sqlite_store, tiny_model_dir, tmp_path):
     """The exported parquet, as load_dataset returns it, trains one real GRPO step with rl/rewards.py."""
     from trl import GRPOConfig, GRPOTrainer
@@ -268,6 +270,7 @@ def test_export_feeds_grpo_trainer_without_conversion(runs, sqlite_store, tiny_m
         shuffle_dataset=False,
         logging_steps=1,
         save_strategy="no",
+        activation_checkpointing=False,
     )
     trainer = GRPOTrainer(
         model=str(tiny_model_dir), reward_funcs=REWARD_FUNCS["attending"], args=args, train_dataset=dataset
