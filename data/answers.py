@@ -9,7 +9,8 @@ questions). The rules, in the order they apply:
   (``Ménétrier`` = ``menetrier``); CJK ideographs and kana are one token each (character-level
   tokens for F1/recall, the SLAKE-zh convention), so spacing between them does not matter.
 - Punctuation and the articles *a*, *an*, *the* do not matter; negation does (``no effusion`` is
-  not ``effusion``). A leading ``Answer:`` / ``The answer is`` / ``答案：`` is dropped.
+  not ``effusion``, nor does it name the option ``Effusion``; token F1/recall of a prediction of
+  the opposite polarity are 0). A leading ``Answer:`` / ``The answer is`` / ``答案：`` is dropped.
 - Numbers keep their digits and decimals: ``4.0 cm`` = ``4cm`` = ``4 cm`` = ``four centimetres``,
   ``1,000`` = ``1000``, ``50%`` = ``50 percent``; ``T1`` is not ``T2``, ``C5`` not ``C6``, ``2`` not
   ``12``. Roman numerals after *stage*, *grade*, *type*... are numbers (``stage II`` = ``stage 2``,
@@ -324,17 +325,26 @@ def exact_match(prediction: str | None, gold: str) -> bool:
     return bool(pred) and pred == tokens(gold)
 
 
+def _opposite(pred: Sequence[str], ref: Sequence[str]) -> bool:
+    """One of the two is negated and the other is not (``no effusion`` against ``effusion``)."""
+    return any(t in _NEGATIONS for t in pred) != any(t in _NEGATIONS for t in ref)
+
+
 def token_f1(prediction: str | None, gold: str) -> float:
-    """SQuAD-style token F1 over normalised tokens (CJK: characters)."""
+    """SQuAD-style token F1 over normalised tokens (CJK: characters); 0 for the opposite polarity."""
     pred, ref = tokens(prediction or ""), tokens(gold)
     common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
+    if not pred or not ref or not common or _opposite(pred, ref):
         return 0.0
     precision, recall = common / len(pred), common / len(ref)
     return 2 * precision * recall / (precision + recall)
 
 
 def token_recall(prediction: str | None, gold: str) -> float:
-    """The fraction of the gold answer's tokens the prediction contains (LLaVA-Med's open recall)."""
-    pred, ref = set(tokens(prediction or "")), tokens(gold)
-    return sum(t in pred for t in ref) / len(ref) if ref else 0.0
+    """The fraction of the gold answer's tokens the prediction contains (LLaVA-Med's open recall);
+    0 for the opposite polarity, which containing the gold's words does not make right."""
+    pred, ref = tokens(prediction or ""), tokens(gold)
+    if not ref or _opposite(pred, ref):
+        return 0.0
+    have = set(pred)
+    return sum(t in have for t in ref) / len(ref)
