@@ -55,7 +55,7 @@ _PREAMBLE = re.compile(
 )
 _MARKUP = re.compile(r"[*_`]+")
 _LETTER = re.compile(r"^[(\[]?([A-Za-z])\s*(?:[)\].:：,;]|\s+[-–—]\s|$)")
-_OPTION = re.compile(r"^\s*\(?([A-Za-z])\s*[).:\]]\s*(.*)$", re.S)
+_OPTION = re.compile(r"^\s*\(?([A-Za-z])\s*[).:\]]\s*(.*)$")
 
 _NUMBER_WORDS = {
     w: str(i)
