@@ -128,7 +128,7 @@ def strip_preamble(text: str) -> str:
 
 def tokens(text: str) -> list[str]:
     """The normalised tokens of an answer (see the module doc); the basis of every comparison."""
-    text = _THOUSANDS.sub("", _fold(strip_preamble(text))).replace("%", " percent ")
+    text = _THOUSANDS.sub("", strip_preamble(_fold(text))).replace("%", " percent ")
     out: list[str] = []
     for m in _TOKEN.finditer(text):
         if m.group("cjk"):
@@ -202,7 +202,7 @@ def yes_no(answer: str) -> YesNo | None:
     (``no evidence of``, ``absent``, ``not seen``) makes it no, then a positive one (``present``,
     ``there is``) yes. Chinese: a leading ``是``/``有`` or ``否``/``不是``/``没有``/``无``.
     """
-    text = _fold(strip_preamble(answer)).strip()
+    text = strip_preamble(_fold(answer))
     if text.startswith(_ZH_NO):
         return "no"
     if text.startswith(_ZH_YES):

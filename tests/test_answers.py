@@ -116,6 +116,7 @@ CLOSED = [
     ("mmmu", "b", "B", COUNTS, True),
     ("mmmu", "Ｂ", "B", COUNTS, True),
     ("mmmu", "[B]", "B", COUNTS, True),
+    ("mmmu", "Ｏｐｔｉｏｎ　Ｂ", "B", COUNTS, True),
     ("mmmu", "E", "B", COUNTS, False),
     ("mmmu", "Stage II", "B", STAGES, True),
     ("mmmu", "stage 2", "B", STAGES, True),
