@@ -282,6 +282,26 @@ def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def rescore_note(report: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
+    """One line on what re-scoring changed: the scorer version and the headline figures."""
+    if previous is None:
+        return (
+            f"re-scored eval {report['eval_id']} with scorer v{scorer_version(report)} (no previous report)"
+        )
+    figures = [("closed accuracy", lambda r: r["accuracy"]["accuracy"])]
+    if report["open"]["n"]:
+        figures += [
+            ("open exact", lambda r: r["open"]["exact"]),
+            ("open token F1", lambda r: r["open"]["token_f1"]),
+            ("open recall", lambda r: r["open"]["recall"]),
+        ]
+    changes = ", ".join(f"{name} {_pct(get(previous))} -> {_pct(get(report))} %" for name, get in figures)
+    return (
+        f"re-scored eval {report['eval_id']}: scorer v{scorer_version(previous)} -> "
+        f"v{scorer_version(report)}; {changes}"
+    )
+
+
 def _breakdowns(report: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [
         (title, report[key])
