@@ -44,6 +44,7 @@ _TOKEN = re.compile(
     rf"|(?P<num>\d+(?:\.\d+)?|\.\d+)(?P<suffix>(?:(?![{_CJK}])[^\W\d_])*)"
     rf"|(?P<word>(?:(?![{_CJK}])[^\W_])+)"
 )
+_HAS_CJK = re.compile(f"[{_CJK}]")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LEAD = r"(?:the\s+)?(?:(?:correct|final|best|right)\s+)*(?:answer|choice|option)"
 _PREAMBLE = re.compile(
@@ -161,6 +162,11 @@ def _is_article(token: str, previous: str | None) -> bool:
     if token in ("the", "an"):
         return True
     return token == "a" and (previous is None or previous in _A_DROPS_AFTER)
+
+
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` has CJK characters (a Chinese or Japanese answer)."""
+    return _HAS_CJK.search(text) is not None
 
 
 def normalize(text: str) -> str:

@@ -48,7 +48,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from data.answers import normalize, yes_no_gold
+from data.answers import has_cjk, normalize, yes_no_gold
 from data.images import ImageLimits, LoadedImage, load_image
 from data.specialties import specialty_for_modality, specialty_for_subject
 from data.synthetic import iter_cases
@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 YES_NO = ("A) Yes", "B) No")
 YES_NO_ZH = ("A) 是", "B) 否")  # SLAKE's Chinese yes/no questions, answered in Chinese
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff]")
 MMMU_MEDICAL_SUBJECTS = (
     "Basic_Medical_Science",
     "Clinical_Medicine",
@@ -151,7 +150,7 @@ def _short_answer_case(
     declared = (declared or "").strip().upper()
     yes_no = yes_no_gold(text)
     closed = declared.startswith("CLOSE") if declared.startswith(("CLOSE", "OPEN")) else yes_no is not None
-    options = (YES_NO_ZH if _CJK.search(text) else YES_NO) if closed and yes_no else ()
+    options = (YES_NO_ZH if has_cjk(text) else YES_NO) if closed and yes_no else ()
     gold = ("A" if yes_no == "yes" else "B") if options else text
     return BenchmarkCase(
         case_id=case_id,

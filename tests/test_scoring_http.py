@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from app.cli import app
 from app.config import RoleSpec, Settings
 from app.evaluation.report import ScorerMismatch, compare_reports
 from app.evaluation.runner import EvalSpec, evaluate
@@ -95,3 +97,37 @@ def test_rescore_rebuilds_a_report_from_the_stored_runs(tmp_path: Path):
     cmp = compare_reports(read_report(out / "report.scorer-v1.json"), new, force=True)
     assert cmp["scorer_versions"] == [1, SCORER_VERSION]
     assert compare_reports(new, report)["paired"]["delta"] == 0.0
+
+
+def test_cli_rescore_and_compare_refuses_mixed_scorers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = write_vqa_rad(tmp_path / "vqa-rad")
+    runner = CliRunner()
+    with GoldServer() as server:
+        monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+        monkeypatch.setenv("MMEDAGENT_MODEL", "gold-server")
+        for role in ("TRIAGE", "SPECIALIST", "ATTENDING"):
+            monkeypatch.setenv(f"MMEDAGENT_{role}__BACKEND", "openai")
+            monkeypatch.setenv(f"MMEDAGENT_{role}__BASE_URL", server.base_url)
+        first = runner.invoke(
+            app, ["eval", "--benchmark", "vqa-rad", "--path", str(root), "--mode", "single"]
+        )
+    assert first.exit_code == 0, first.output
+    (folder,) = (tmp_path / "home" / "evals").iterdir()
+    report = read_report(folder / "report.json")
+    old = {k: v for k, v in report.items() if k != "scorer_version"}  # as an older scorer wrote it
+    old["accuracy"] = {**old["accuracy"], "correct": 0, "accuracy": 0.0}
+    write_report(old, folder)
+
+    rescored = runner.invoke(app, ["eval", "rescore", report["eval_id"]])  # the server is gone
+    assert rescored.exit_code == 0, rescored.output
+    assert f"scorer v1 -> v{SCORER_VERSION}; closed accuracy 0.0 -> 100.0 %" in rescored.output
+    assert read_report(folder / "report.json")["accuracy"]["accuracy"] == 1.0
+
+    args = ["eval", "compare", str(folder / "report.scorer-v1.json"), str(folder / "report.json")]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "scorer v1" in refused.output and "rescore" in refused.output
+    forced = runner.invoke(app, [*args, "--force"])
+    assert forced.exit_code == 0 and "forced: A scored by scorer v1" in forced.output
+
+    missing = runner.invoke(app, ["eval", "rescore", "no-such-eval"])
+    assert missing.exit_code == 2 and "no stored runs for eval 'no-such-eval'" in missing.output
