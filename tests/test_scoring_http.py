@@ -86,8 +86,11 @@ def test_rescore_rebuilds_a_report_from_the_stored_runs(tmp_path: Path):
     requests = server.requests
     try:
         new, previous = rescore(runtime.store, report["eval_id"], out)
+        bare, none = rescore(runtime.store, report["eval_id"], tmp_path / "no-report-yet")
     finally:
         runtime.close()
+    assert none is None and bare["accuracy"] == report["accuracy"] and bare["open"] == report["open"]
+    assert bare["benchmark"] == "vqa-rad" and bare["mode"] == "unknown"  # only the runs to go by
     assert server.requests == requests  # nothing was asked again
     assert previous is not None and previous["accuracy"]["correct"] == 0
     assert new["accuracy"] == report["accuracy"] and new["per_case"] == report["per_case"]

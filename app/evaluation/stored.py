@@ -144,8 +144,9 @@ def _previous_layout(
     if previous is None:
         benchmark = next((r.meta.get("benchmark") for r in records if r.meta.get("benchmark")), None)
         log.warning("no previous report of %s: its settings are unknown, its cases are its runs", eval_id)
-        return {"eval_id": eval_id, "benchmark": benchmark, "mode": None}, run_order, {}
-    skipped = {s["case_id"]: s["reason"] for s in previous.get("skipped", [])}
+        return {"eval_id": eval_id, "benchmark": benchmark or "unknown", "mode": "unknown"}, run_order, {}
+    ran = set(run_order)  # a case skipped then (bad input) but run since is no longer skipped
+    skipped = {s["case_id"]: s["reason"] for s in previous.get("skipped", []) if s["case_id"] not in ran}
     case_ids = previous.get("case_ids") or [c["case_id"] for c in previous["per_case"]] + list(skipped)
     # Cases run since the previous report (a resumed eval) are reported too.
     case_ids = list(dict.fromkeys([*case_ids, *run_order]))
