@@ -397,7 +397,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], *, force: bool =
         raise ScorerMismatch(
             f"A ({a.get('eval_id')}) was scored by scorer v{versions[0]} and B ({b.get('eval_id')}) by "
             f"v{versions[1]}: their differences would be the scorer's. Re-score the older one "
-            f"(mmedagent eval rescore {older.get('eval_id')}), or force the comparison."
+            f"(mmedagent eval rescore {older.get('eval_id')}), or compare anyway with --force."
         )
     rows: list[dict[str, Any]] = []
 
