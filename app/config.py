@@ -40,7 +40,7 @@ class RoleSpec(BaseModel):
     api_key_env: str | None = Field(None, description="name of the env var holding the API key")
     timeout_s: float = Field(120.0, gt=0, description="per HTTP request (openai backend)")
     max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight (openai backend)")
-    retries: int = Field(3, ge=0, le=20, description="on connect errors, 5xx and 429 (openai backend)")
+    retries: int = Field(3, ge=0, le=20, description="openai client: connect, timeout, 408/409/429, 5xx")
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description='extra request fields, e.g. {"return_tokens_as_token_ids": true}'
     )

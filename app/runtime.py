@@ -7,12 +7,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from app.backends.batcher import batching_session
@@ -153,7 +153,7 @@ class Runtime:
 
             self.tracer = make_tracer(settings)
         # Decoded pixels of recent images (bounded: a long-lived UI process sees many cases).
-        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._images: LRUCache[str, Image.Image] = LRUCache(IMAGE_CACHE_SIZE)
         self._images_lock = threading.Lock()
 
     def _resolve_policies(self) -> dict[str, int]:
@@ -194,9 +194,8 @@ class Runtime:
         """The normalised pixels of an image: from this process's cache, else from the store."""
         with self._images_lock:
             cached = self._images.get(sha256)
-            if cached is not None:
-                self._images.move_to_end(sha256)
-                return cached
+        if cached is not None:
+            return cached
         data = self.store.image_bytes(sha256)
         if data is None:
             raise ImageError(f"image {sha256[:12]} is not available (unknown, or stored as a hash only)")
@@ -207,9 +206,6 @@ class Runtime:
     def _cache_image(self, sha256: str, image: Image.Image) -> None:
         with self._images_lock:
             self._images[sha256] = image
-            self._images.move_to_end(sha256)
-            while len(self._images) > IMAGE_CACHE_SIZE:
-                self._images.popitem(last=False)
 
     def validate(self, req: CaseRequest) -> None:
         """Reject unusable cases before anything runs or is written."""

@@ -116,6 +116,7 @@ def test_downgrade_to_0001_and_back(db_url):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_first_start_of_several_processes(db_url):
     """Four processes open the same brand-new database at once: one creates it, none fails."""
     code = "import sys; from data.store import TrajectoryStore; TrajectoryStore(sys.argv[1]).close()"
