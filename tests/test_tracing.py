@@ -57,7 +57,7 @@ def phoenix(tmp_path_factory):
     with log_path.open("w") as out:
         proc = subprocess.Popen([str(PHOENIX), "serve"], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 240  # under the per-test timeout, with a message
     while True:
         try:
             urllib.request.urlopen(f"{url}/healthz", timeout=2)

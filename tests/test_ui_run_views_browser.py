@@ -15,7 +15,7 @@ from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
 from tests.ui_server import serving
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
