@@ -62,14 +62,16 @@ def _bar_cells(bar: Bar, scale: float, style: str) -> Text:
 
 
 def timeline_table(report: dict[str, Any], width: int = BAR_WIDTH) -> Group:
-    """The run's model calls on one time axis, calls of one batched generate in one colour."""
+    """The run's model calls on one time axis (``width`` characters), calls of one batched
+    generate in one colour."""
     bars = timeline(report)
     total = max([b.end_s for b in bars] + [report.get("wall_s") or 0.0, 1e-9])
     scale = width / total
     styles: dict[str, str] = {}
     table = Table(title=f"timeline of run {report['run_id']} ({total:.2f} s)", title_justify="left")
     for col in ("#", "call", "batch", "start s", "wait s", "model s", "tokens in/out"):
-        table.add_column(col, justify="right" if col.endswith(("s", "out")) else "left", no_wrap=True)
+        numeric = col.endswith(("s", "out"))
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=numeric, min_width=len(col))
     table.add_column(f"0 … {total:.2f} s", no_wrap=True, min_width=width)
     for bar in bars:
         style = "white"

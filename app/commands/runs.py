@@ -62,7 +62,7 @@ def runs_show(
             report["timeline"] = [bar.as_dict() for bar in timeline_bars(report)]
         print(json.dumps(report, indent=2))
     elif timeline:
-        console.print(timeline_table(report))
+        console.print(timeline_table(report, width=max(12, console.width - 110)))
     else:
         print_run(console, report)
 
