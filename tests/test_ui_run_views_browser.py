@@ -85,7 +85,7 @@ def test_timeline_shows_five_calls_with_the_specialists_in_one_batch(page, runs)
     page.locator("#trace-timeline .js-plotly-plot").wait_for()
     traces = page.evaluate(
         "() => document.querySelector('#trace-timeline .js-plotly-plot').data.map("
-        "t => ({name: t.name, y: t.y, x: t.x, base: t.base}))"
+        "t => ({name: t.name, y: t.y, x: t.x, base: t.base, hover: t.hovertext}))"
     )
     model = [t for t in traces if t["name"] != "wait"]
     assert sum(len(t["y"]) for t in model) == 5  # triage, three specialists, attending
@@ -93,6 +93,14 @@ def test_timeline_shows_five_calls_with_the_specialists_in_one_batch(page, runs)
     assert len(batch["y"]) == 3 and all("specialist" in y for y in batch["y"])
     spans = [(base, base + x) for base, x in zip(batch["base"], batch["x"], strict=True)]
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # the three overlap in time
+    # hovering a bar tells its tokens in/out, as stored
+    runtime, run_a, _ = runs
+    stored = {f"{st.seq}. " + st.node + (f" · {st.specialty}" if st.specialty else ""): st
+              for st in runtime.store.get_run(run_a).steps}  # fmt: skip
+    for t in model:
+        for label, hover in zip(t["y"], t["hover"], strict=True):
+            st = stored[label]
+            assert f"tokens in {st.prompt_tokens} · out {st.completion_tokens}" in hover
     # drawn: five coloured model bars (plus the grey waits) and the batch named in the legend
     assert page.locator("#trace-timeline .barlayer .trace").count() == len(traces)
     assert "3 calls in one generate" in page.locator("#trace-timeline .legend").text_content()
