@@ -23,7 +23,6 @@ class RunViews:
     """The components, and ``show(run)`` that fills them for an opened run (None: clear)."""
 
     outputs: list[Any]
-    compare_a: gr.Textbox
 
     @staticmethod
     def show(run: dict[str, Any] | None) -> tuple[Any, ...]:
@@ -67,4 +66,4 @@ def build_run_views(store: TrajectoryStore) -> RunViews:
 
     go.click(compare, [a, b], table, api_name="compare_runs")
     b.submit(compare, [a, b], table, api_visibility="private")
-    return RunViews([plot, graph, a], a)
+    return RunViews([plot, graph, a])
