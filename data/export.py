@@ -38,7 +38,7 @@ from sqlalchemy import Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from data.difficulty import LEVELS, Level, level_of, run_scores
-from data.schema import ImageBlob, Reward, Run, Step
+from data.schema import ROLES, ImageBlob, Reward, Run, Step
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROLES = ("triage", "specialist", "attending")
 FORMATS = ("parquet", "jsonl", "hf")
 SHARD_BYTES = 500 * 1024 * 1024  # hf shards close past this much payload (the Hub's usual size)
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}

@@ -16,7 +16,8 @@ import gradio as gr
 import pandas as pd
 
 from data.difficulty import LEVELS
-from data.export import FORMATS, ROLES, ExportError, ExportFilter, count_rows, export, parse_since
+from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, parse_since
+from data.schema import ROLES
 from data.store import TrajectoryStore
 from ui.queries import reward_histogram, step_counts
 
