@@ -48,12 +48,15 @@ def _run_in_field(col: Column[Any]) -> tuple[str, Any, Any]:
     return col.key, Any, default.arg
 
 
-# A finished (or failed) run, ready to persist in one transaction: the ``runs`` columns (keywords)
-# and its images' sha256s in prompt order. A new column of ``Run`` is a new field here.
 RunIn = make_dataclass(
     "RunIn",
     [*map(_run_in_field, Run.__table__.columns), ("image_shas", list[str], field(default_factory=list))],
     kw_only=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "A finished (or failed) run, ready to persist in one transaction: the ``runs`` columns "
+        "(keywords; a new column of ``Run`` is a new field) and its images' sha256s in prompt order.",
+    },
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -69,7 +70,9 @@ def test_every_run_column_round_trips_without_a_field_list(store):
         "meta": {"kind": "closed"}, "eval_id": "ev", "mode": "single",
     }  # fmt: skip
     assert set(values) == {c.key for c in Run.__table__.columns}  # a new column joins this test
-    store.save_run(RunIn(**values), [_step("triage", "triage")], [])
+    run = RunIn(**values)
+    assert pickle.loads(pickle.dumps(run)) == run  # a run can cross to another process
+    store.save_run(run, [_step("triage", "triage")], [])
     d = run_to_dict(store.get_run("all"))
     expected = {("run_id" if k == "id" else k): v for k, v in values.items()}
     expected |= {"created_at": when.isoformat(), "finished_at": (when + timedelta(seconds=2)).isoformat()}
