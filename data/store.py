@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Connection, Engine, Select, create_engine, event, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.schema import Column
 
 from data import migrate
 from data.difficulty import Level, RunDifficulty, level_of, run_scores, specialist_correctness_query

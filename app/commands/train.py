@@ -12,7 +12,6 @@ from app.backends.factory import apply_policy_choices
 from app.commands.common import console, err, fail, load_settings, open_store
 from app.policies import resolve_policy, weights_hash
 from app.tiny_model import ensure_default_model
-from data.schema import TRAINABLE_ROLES
 from graph.protocol import BackendError
 from rl.datasets import (
     DatasetError,
@@ -54,7 +53,7 @@ def train(
     from rl.grpo import merge_adapter, train_grpo
     from rl.sft import format_warmup
 
-    if role not in TRAINABLE_ROLES:
+    if role not in ("triage", "attending"):
         fail(f"--role must be triage or attending, not {role!r}")
     if sum([from_db, data is not None, synthetic > 0]) != 1:
         fail("give exactly one data source: --from-db, --data DIR or --synthetic N")
