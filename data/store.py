@@ -373,12 +373,6 @@ class TrajectoryStore:
             return list(s.scalars(stmt))
 
 
-def row_to_dict(row: Base, *, skip: Container[str] = ()) -> dict[str, Any]:
-    """A row's columns as plain JSON-ready data (datetimes in ISO 8601), but those in ``skip``."""
-    values = {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
-    return {c: v.isoformat() if isinstance(v, datetime) else v for c, v in values.items()}
-
-
 def run_to_dict(run: Run) -> dict[str, Any]:
     """A run with its steps as plain JSON-ready data."""
     return {
@@ -387,3 +381,9 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "images": [ri.sha256 for ri in run.images],
         "steps": [row_to_dict(st, skip=("id", "run_id")) for st in run.steps],
     }
+
+
+def row_to_dict(row: Base, *, skip: Container[str] = ()) -> dict[str, Any]:
+    """A row's columns as plain JSON-ready data (datetimes in ISO 8601), but those in ``skip``."""
+    values = {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
+    return {c: v.isoformat() if isinstance(v, datetime) else v for c, v in values.items()}
