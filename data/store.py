@@ -321,7 +321,8 @@ class TrajectoryStore:
         if not ids:
             return {}
         with self._sessions() as s:
-            return {r.run_id: r for r in s.scalars(select(Reward).where(Reward.id.in_(latest_verdict_ids(ids))))}
+            rows = s.scalars(select(Reward).where(Reward.id.in_(latest_verdict_ids(ids))))
+            return {r.run_id: r for r in rows}
 
     def rewards(self, run_id: str) -> list[Reward]:
         """A run's reward rows, oldest first."""

@@ -72,7 +72,9 @@ def take_uploads(paths: list[str], cache_dir: str | Path | None = None) -> tuple
         try:
             uploads.append(Upload(path.name, path.read_bytes()))
         except OSError as exc:
-            problems.append(f"image {path.name!r} could not be read ({exc.strerror or 'gone'}); attach it again")
+            problems.append(
+                f"image {path.name!r} could not be read ({exc.strerror or 'gone'}); attach it again"
+            )
         finally:
             discard(path, root)
     return uploads, problems
