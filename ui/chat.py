@@ -605,12 +605,10 @@ def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
         for item in items:
             _verdict_row(controller, item, is_busy, session, verdict_outputs)
 
-    with gr.Row(equal_height=True):
+    with gr.Row():
         open_trace = gr.Button("Open in Traces", elem_id="open-trace", size="md", scale=0, min_width=140)
         new = gr.Button("New case", elem_id="new-case", size="md", scale=0, min_width=110)
-        recent = gr.Dropdown(
-            [], label="Recent cases (this browser)", elem_id="recent-cases", visible=False, scale=2
-        )
+    recent = gr.Dropdown([], label="Recent cases (this browser)", elem_id="recent-cases", visible=False)
     case_id = gr.Textbox(visible="hidden", elem_id="case-id")
     recent_json = gr.Textbox(visible="hidden", elem_id="recent-json")
 

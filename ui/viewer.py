@@ -33,12 +33,13 @@ PRESETS: dict[str, tuple[float, float]] = {
 
 # Zoom with the wheel or the +/- buttons, pan by dragging, double-click to fit again.
 VIEWER_JS = """
-const state = { zoom: 1, x: 0, y: 0, drag: null };
+const state = { zoom: 1, x: 0, y: 0, drag: null, img: null };
 const apply = () => {
   const img = element.querySelector("img.viewer-image");
   if (img) img.style.transform = `translate(${state.x}px, ${state.y}px) scale(${state.zoom})`;
   const label = element.querySelector(".viewer-zoom");
-  if (label) label.textContent = `${Math.round(state.zoom * 100)}%`;
+  const text = `${Math.round(state.zoom * 100)}%`;
+  if (label && label.textContent !== text) label.textContent = text;
 };
 const zoomBy = (f) => { state.zoom = Math.min(16, Math.max(0.25, state.zoom * f)); apply(); };
 const reset = () => { state.zoom = 1; state.x = 0; state.y = 0; apply(); };
@@ -64,7 +65,11 @@ element.addEventListener("click", (e) => {
   const how = button.dataset.zoom;
   if (how === "in") zoomBy(1.25); else if (how === "out") zoomBy(0.8); else reset();
 });
-new MutationObserver(apply).observe(element, { childList: true, subtree: true });
+// A new picture (another image or preset) keeps the zoom and pan the user chose.
+new MutationObserver(() => {
+  const img = element.querySelector("img.viewer-image");
+  if (img !== state.img) { state.img = img; apply(); }
+}).observe(element, { childList: true, subtree: true });
 """
 
 VIEWER_CSS = """
