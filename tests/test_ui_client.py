@@ -203,3 +203,35 @@ def test_concurrent_first_questions_finish_even_when_one_is_bad(runtime, tmp_pat
     assert "Could not read an image" in texts(bad_chat)[-1]
     (run,) = runtime.store.list_runs()
     assert run.id == run_id_of(ok_out[2])
+
+
+def test_a_waiting_user_sees_their_question_image_and_place_in_line(make_runtime, tmp_path):
+    runtime = make_runtime(ui=UISettings(concurrency=1), **FAST)
+    cases = [make_case(0), make_case(3)]
+    paths = []
+    for i, case in enumerate(cases):
+        paths.append(tmp_path / f"case{i}.png")
+        paths[-1].write_bytes(case.images[0])
+    with serving(runtime) as url:
+        clients = [Client(url, verbose=False), Client(url, verbose=False)]
+        jobs = [
+            ask(c, f"Q{i}: {case.question}", [p])
+            for i, (c, case, p) in enumerate(zip(clients, cases, paths, strict=True))
+        ]
+        finals = [job.result(timeout=240) for job in jobs]
+        streamed = [job.outputs() for job in jobs]
+    waited = []
+    for i, outputs in enumerate(streamed):
+        for chat, *_ in outputs:
+            said = texts(chat)
+            if any("in line" in t for t in said):
+                # While waiting: the question and the image preview are on screen, with the place.
+                assert said[0].startswith(f"Q{i}: ") and chat[1]["content"][0]["type"] == "file"
+                assert any("**next in line**" in t for t in said)
+                waited.append(i)
+                break
+    assert len(waited) == 1  # one slot: exactly one of the two askers waited for the other
+    for out in finals:
+        assert not any("in line" in t for t in texts(out[0]))  # the place gives way to the steps
+        assert any(t.startswith("**Answer:**") for t in texts(out[0]))
+    assert len(runtime.store.list_runs()) == 2
