@@ -113,7 +113,7 @@ def build_trajectories_tab(store: TrajectoryStore) -> TrajectoriesTab:
             x="reward",
             y="count",
             color="value",
-            title="Reward distribution (rows per value)",
+            title="Rewards (rows per value)",
             x_title="reward (role · kind)",
             y_title="rows",
             x_label_angle=-30,
