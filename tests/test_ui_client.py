@@ -16,10 +16,12 @@ from gradio_client.exceptions import AuthenticationError
 from PIL import Image
 
 from app.config import RoleSpec, UISettings
+from app.runtime import Runtime
 from data.images import sha256_bytes
 from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
 from tests.test_images import dicom_bytes
+from tests.trajectories import make_runs, scripted_panel
 from tests.ui_server import serving
 
 FAST = {
@@ -235,3 +237,26 @@ def test_a_waiting_user_sees_their_question_image_and_place_in_line(make_runtime
         assert not any("in line" in t for t in texts(out[0]))  # the place gives way to the steps
         assert any(t.startswith("**Answer:**") for t in texts(out[0]))
     assert len(runtime.store.list_runs()) == 2
+
+
+def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_case(settings, store):
+    """Behind the locked buttons: the verdict handler itself checks the session."""
+    from ui.chat import ChatController, ChatSession
+
+    first, other = make_runs(settings, store, [2, 1])
+    runtime = Runtime(settings, backends=scripted_panel({}), store=store)
+    try:
+        controller = ChatController(runtime, settings.ui)
+        session = ChatSession(thread_id=first.thread_id, run_ids=[first.run_id], running=True)
+        _, note = controller.verdict(first.run_id, False, "C", session)
+        assert "being answered" in note
+        _, note = controller.verdict(other.run_id, True, None, ChatSession(run_ids=[first.run_id]))
+        assert "not part of the case" in note
+        assert store.latest_verdicts([first.run_id, other.run_id]) == {}
+        session.running = False
+        answers, note = controller.verdict(first.run_id, False, "C", session)
+        assert "Recorded **wrong** (right answer: C)" in note
+        (answer,) = answers
+        assert (answer["run_id"], answer["verdict"], answer["right_answer"]) == (first.run_id, False, "C")
+    finally:
+        runtime.close()
