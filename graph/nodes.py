@@ -13,6 +13,7 @@ from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from data.answers import answer_key, match_option
 from graph import parse, prompts
 from graph.context import GraphContext
 from graph.protocol import ChatRequest, Completion
@@ -145,7 +146,7 @@ def attending(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any
         ctx, node="attending", role="attending", messages=messages, image_hashes=hashes
     )
     parsed = parse.parse_think_answer(completion.text)
-    letter = parse.match_option(parsed.answer, options) if options else None
+    letter = match_option(parsed.answer, options) if options else None
     _finish(record, {**asdict(parsed), "option": letter}, parsed.status)
     return {
         "answer": parsed.answer,
@@ -172,9 +173,9 @@ def fixed_panel(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, A
 def vote(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
     """The ``vote`` baseline: the attending prompt (no opinions) sampled N times, majority answer.
 
-    Every sample is a stored attending step. Samples vote with the option they name (or, without
-    options, their normalised answer); ties go to the answer voted first. With no usable vote the
-    first sample's answer stands.
+    Every sample is a stored attending step. Samples vote with what they answer
+    (:func:`data.answers.answer_key`: the option they name, or without options their normalised
+    answer); ties go to the answer voted first. With no usable vote the first sample's answer stands.
     """
     ctx = runtime.context
     question, options = state["question"], state.get("options", [])
@@ -184,9 +185,8 @@ def vote(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
     for _ in range(ctx.mode.votes):
         completion, record = _call(ctx, node="vote", role="attending", messages=messages, image_hashes=hashes)
         parsed = parse.parse_think_answer(completion.text)
-        letter = parse.match_option(parsed.answer, options) if options else None
-        _finish(record, {**asdict(parsed), "option": letter}, parsed.status)
-        key = letter if options else " ".join(parsed.answer.lower().split()) or None
+        key = answer_key(parsed.answer, options)
+        _finish(record, {**asdict(parsed), "option": key if options else None}, parsed.status)
         samples.append((parsed, key))
     keys = [k for _, k in samples if k is not None]
     winner = max(keys, key=lambda k: (keys.count(k), -keys.index(k))) if keys else None

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from graph.parse import is_correct, is_strict_format, match_option, parse_think_answer, parse_triage
+from data.answers import is_correct, match_option
+from graph.parse import is_strict_format, parse_think_answer, parse_triage
 
 FORMAT_REWARD = 0.5
 
@@ -52,7 +53,7 @@ def triage_format_value(text: str) -> float:
 
 
 def answer_accuracy_value(text: str, gold: str, options: Sequence[str]) -> float:
-    """1 when the answer names the gold option (letter or option text, robust to case/punctuation)."""
+    """1 when the answer is right by :func:`data.answers.is_correct` (the evaluation's closed scorer)."""
     return 1.0 if is_correct(parse_think_answer(text).answer, gold, options) else 0.0
 
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from data.answers import option_letter, option_letters
 from data.specialties import SPECIALTIES
-from graph.parse import option_letter
 from rl.datasets import Row, to_dataset
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def choices(row: Row, role: str) -> list[str]:
     """What an answer can name: the specialties (triage) or the option letters (attending)."""
     if role == "triage":
         return list(SPECIALTIES)
-    return [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(row["options"])]
+    return option_letters(row["options"])
 
 
 def gold_label(row: Row, role: str) -> str:
