@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from data.answers import match_option
 from data.store import TrajectoryStore
-from graph.parse import match_option
 
 
 class FeedbackError(ValueError):
