@@ -302,18 +302,23 @@ def test_verdict_buttons_are_locked_while_a_follow_up_runs(page, asked, app_runt
     assert clinician_rows(app_runtime.store, follow.id) == []
 
 
-def test_bad_file_shows_an_error_in_the_chat_and_writes_no_run(page, asked, app_runtime, tmp_path):
+def test_bad_file_shows_an_error_in_the_chat_and_writes_no_run(page, app_url, asked, app_runtime, tmp_path):
     open_tab(page, "Chat")
     page.click("#new-case")
     page.locator("#case-status").get_by_text("New case").wait_for()
     fake = tmp_path / "scan.png"
     fake.write_text(json.dumps({"note": "a text file renamed .png"}))
     before = len(app_runtime.store.list_runs())
-    send(page, "What is the finding?", [fake])
+    with page.expect_response(lambda r: "/gradio_api/upload" in r.url) as uploaded:
+        send(page, "What is the finding?", [fake])
     message = page.locator("#case-chat").get_by_text("Could not read an image")
     message.wait_for()
     assert "scan.png" in message.inner_text() and "not a recognised image" in message.inner_text()
     assert len(app_runtime.store.list_runs()) == before
+    # A refused file leaves the upload cache too.
+    (cache_path,) = uploaded.value.json()
+    assert not Path(cache_path).exists()
+    assert httpx.get(f"{app_url}/gradio_api/file={cache_path}").status_code == 404
     shot(page, "chat-bad-file")
 
 

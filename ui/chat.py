@@ -303,7 +303,7 @@ class ChatController:
         history = session.history
         if session.running:  # a second submit from the same tab while its case runs
             history.append(_error("Wait for the current answer before asking the next question."))
-            yield self._outputs(session)
+            yield self._outputs(session, busy=True)  # the running case still owns the controls
             return
         try:
             if unreadable:
