@@ -229,7 +229,12 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         search = gr.Button("Search", variant="primary", scale=0, elem_id="traces-search")
     filter_note = gr.Markdown(elem_id="traces-error", elem_classes=["inline-error"])
     table = gr.Dataframe(
-        headers=RUN_COLUMNS, interactive=False, max_height=320, elem_id="runs-table", wrap=True
+        headers=RUN_COLUMNS,
+        interactive=False,
+        max_height=320,
+        elem_id="runs-table",
+        wrap=True,
+        column_widths=["110px", "150px", "110px", "260px", "60px", "60px", "80px", "140px", "160px", "60px"],
     )
     with gr.Row():
         run_id = gr.Textbox(
