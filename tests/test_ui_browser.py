@@ -351,6 +351,14 @@ def test_dicom_named_im0001_is_answered_and_leaves_no_header_anywhere(page, app_
     needles = [patient.encode(), mrn.encode()]
     assert all(n in scan.read_bytes() for n in needles)
     before = {r.id for r in app_runtime.store.list_runs()}
+    # Attached, then New case instead of sending: the upload leaves the cache at once.
+    with page.expect_response(lambda r: "/gradio_api/upload" in r.url) as unsent:
+        attach(page, [scan])
+    page.click("#new-case")
+    expect(page.locator("#case-input .thumbnail-item")).to_have_count(0)
+    page.wait_for_function(
+        "(p) => fetch('/gradio_api/file=' + p).then((r) => r.status === 404)", arg=unsent.value.json()[0]
+    )
     with page.expect_response(lambda r: "/gradio_api/upload" in r.url) as uploaded:
         attach(page, [scan])
     (cache_path,) = uploaded.value.json()

@@ -38,9 +38,10 @@ CSS = """
 
 def build_app(runtime: Runtime) -> gr.Blocks:
     """The whole app on one runtime (its store, backends and graph); one session per browser tab."""
-    # Uploads leave Gradio's cache as soon as the chat has read them (ui/uploads.py); delete_cache
-    # also drops, hourly, served files (previews, exports) and uploads never sent, after a day.
-    with gr.Blocks(title="mmedagent", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+    # Uploads leave Gradio's cache as soon as the chat has read them (ui/uploads.py), or on New case;
+    # delete_cache drops, every 10 minutes, files older than an hour: uploads attached but never
+    # sent, and served previews and exports (a reopened case serves its images again).
+    with gr.Blocks(title="mmedagent", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("# mmedagent · multi-agent medical image Q&A")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Tabs() as tabs:

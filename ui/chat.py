@@ -437,7 +437,9 @@ class ChatController:
 
     # --- cases --------------------------------------------------------------------------------
 
-    def new_case(self) -> tuple[Any, ...]:
+    def new_case(self, message: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """A fresh case; files attached but never sent leave the upload cache now."""
+        take_uploads(list((message or {}).get("files") or []))
         session = ChatSession()
         return (*self._outputs(session, clear_options=True), "")
 
@@ -632,7 +634,7 @@ def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
             viewer.outputs,
             api_visibility="private",
         )
-    new.click(controller.new_case, None, case_outputs, api_name="new_case")
+    new.click(controller.new_case, box, case_outputs, api_name="new_case")
     recent.input(controller.open_case, recent, case_outputs, api_visibility="private")
     case_id.change(None, case_id, None, js=CASE_URL_JS)
     case_id.change(
