@@ -491,13 +491,18 @@ class ChatController:
             return tuple(gr.skip() for _ in range(CASE_OUTPUTS))
         return self.open_case(case)
 
-    @staticmethod
-    def recent_choices(recent_json: str | None) -> Any:
+    def recent_choices(self, recent_json: str | None) -> Any:
+        """The recent cases this browser remembers, named by their first question (known ones only)."""
         try:
             recent = [c for c in json.loads(recent_json or "[]") if isinstance(c, str)]
         except ValueError:
             recent = []
-        return gr.Dropdown(choices=recent, value=None, visible=bool(recent))
+        choices = []
+        for case in recent[:10]:
+            first = self.runtime.store.get_run(case)  # a case's id is its first run's id
+            if first is not None:
+                choices.append((f"{first.question[:60]} · {case[:8]}", case))
+        return gr.Dropdown(choices=choices, value=None, visible=bool(choices))
 
 
 @dataclass
