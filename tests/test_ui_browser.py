@@ -197,6 +197,18 @@ def test_a_reload_reopens_the_case_with_its_verdict(page, asked):
     expect(page.locator("#recent-cases")).to_be_visible()
 
 
+def test_recent_cases_reopen_a_case_after_new_case(page, asked):
+    case, run_id = asked
+    page.click("#new-case")
+    page.locator("#case-status").get_by_text("New case").wait_for()
+    page.wait_for_function("() => !window.location.search.includes('case=')")
+    page.click("#recent-cases input")
+    page.locator("#recent-cases li", has_text=case.question[:40]).first.click()
+    expect(page.locator("#case-status")).to_contain_text(run_id)
+    expect(page.locator("#verdict-1")).to_contain_text("marked correct")
+    page.wait_for_function("(id) => window.location.search.includes('case=' + id)", arg=run_id)
+
+
 def test_traces_tab_opens_the_run_with_every_step(page, asked, app_runtime):
     case, run_id = asked
     page.click("#open-trace")

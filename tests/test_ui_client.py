@@ -224,14 +224,13 @@ def test_a_waiting_user_sees_their_question_image_and_place_in_line(make_runtime
         streamed = [job.outputs() for job in jobs]
     waited = []
     for i, outputs in enumerate(streamed):
-        for chat, *_ in outputs:
-            said = texts(chat)
-            if any("in line" in t for t in said):
-                # While waiting: the question and the image preview are on screen, with the place.
-                assert said[0].startswith(f"Q{i}: ") and chat[1]["content"][0]["type"] == "file"
-                assert any("**next in line**" in t for t in said)
-                waited.append(i)
-                break
+        waiting = [texts(chat) for chat, *_ in outputs if any("in line" in t for t in texts(chat))]
+        if waiting:
+            # While waiting: the question and the image preview are on screen, with the place.
+            chat = next(chat for chat, *_ in outputs if any("in line" in t for t in texts(chat)))
+            assert waiting[0][0].startswith(f"Q{i}: ") and chat[1]["content"][0]["type"] == "file"
+            assert any("**next in line**" in t for said in waiting for t in said)
+            waited.append(i)
     assert len(waited) == 1  # one slot: exactly one of the two askers waited for the other
     for out in finals:
         assert not any("in line" in t for t in texts(out[0]))  # the place gives way to the steps
