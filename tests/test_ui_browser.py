@@ -25,7 +25,7 @@ import pytest
 from gradio.utils import get_upload_folder
 from playwright.sync_api import expect, sync_playwright
 
-from app.config import RoleSpec, Settings
+from app.config import RoleSpec, Settings, UISettings
 from app.runtime import Runtime
 from data.synthetic import make_case
 from tests.test_images import dicom_bytes
@@ -410,3 +410,43 @@ def test_each_tab_at_400_px_wide(page, asked, tab):
         assert width <= 400, f"{tab} is {width} px wide at a 400 px viewport"
     finally:
         page.set_viewport_size({"width": 1280, "height": 1000})
+
+
+def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, tmp_path):
+    """Two clinicians, one case slot: the second sees their own question, image and place in line."""
+    settings = Settings(
+        home=tmp_path / "home",
+        model="tiny",
+        ui=UISettings(concurrency=1),
+        triage=RoleSpec(max_new_tokens=24),
+        specialist=RoleSpec(max_new_tokens=24),
+        attending=RoleSpec(max_new_tokens=32),
+    )
+    runtime = Runtime(settings, backends=dict.fromkeys(("triage", "specialist", "attending"), tiny_backend))
+    images = []
+    for i in (0, 3):
+        images.append(tmp_path / f"case{i}.png")
+        images[-1].write_bytes(make_case(i).images[0])
+    try:
+        with serving(runtime) as url:
+            first, second = (page.context.browser.new_page() for _ in range(2))
+            for p in (first, second):
+                p.set_default_timeout(STEP_TIMEOUT_MS)
+                p.goto(url)
+                p.wait_for_selector("#case-input textarea")
+            send(first, "First clinician's question?", [images[0]])
+            first.locator("#case-chat").get_by_text("Triage").first.wait_for()  # it holds the slot
+            send(second, "Second clinician's question?", [images[1]])
+            chat = second.locator("#case-chat")
+            chat.get_by_text("next in line").wait_for()
+            assert "Second clinician's question?" in chat.inner_text()
+            assert chat.locator("img").count() >= 1  # their image, while they wait
+            shot(second, "chat-waiting")
+            chat.get_by_text("Answer:").wait_for()
+            assert chat.get_by_text("in line").count() == 0
+            first.locator("#case-chat").get_by_text("Answer:").wait_for()
+            for p in (first, second):
+                p.close()
+    finally:
+        runtime.close()
+    assert len(runtime.store.list_runs()) == 2
