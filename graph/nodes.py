@@ -38,6 +38,8 @@ def _call(
     images = [ctx.resolve_image(h) for h in image_hashes]
     request = ChatRequest(messages=messages, images=images, sampling=ctx.sampling_for(role))
     (completion,) = ctx.backends[role].generate([request])
+    # What the call spent outside the model (image loading, queueing, batching, pre/post-processing).
+    wait = max(0.0, time.time() - started - completion.latency_s)
     record: StepRecord = {
         "node": node,
         "role": role,
@@ -50,6 +52,9 @@ def _call(
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "latency_s": completion.latency_s,
+        "wait_s": wait,
+        "batch_id": completion.batch_id,
+        "batch_size": completion.batch_size,
         "model_id": completion.model_id,
         "started_at": started,
     }

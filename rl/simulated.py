@@ -1,4 +1,4 @@
-"""A simulated specialist (DESIGN §4): answers a known case right with a set probability.
+"""A simulated specialist (docs/synthetic-clinic.md): answers a known case right with a set probability.
 
 It exists only to build curriculum experiments with a known fraction ``s`` of specialists right;
 it is never a default backend. It implements graph/protocol.ChatBackend, so the real graph can run

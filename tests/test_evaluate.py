@@ -379,6 +379,7 @@ def _stable(report: dict) -> dict:
     return strip(report)
 
 
+@pytest.mark.slow
 def test_resumed_eval_reports_what_an_uninterrupted_one_does(make_runtime):
     """Real tiny model: interrupt an eval after two cases, rerun it, compare with a full run."""
     rt = make_runtime(mode=GraphMode("single"), attending=RoleSpec(max_new_tokens=12))
@@ -455,6 +456,7 @@ def cli_env(tmp_path, tiny_model_dir, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_cli_eval_resume_and_compare(cli_env: Path):
     runner = CliRunner()
     args = ["eval", "--benchmark", "synthetic", "--n", "3", "--mode", "single", "--seed", "2"]

@@ -31,7 +31,7 @@ from data.synthetic import make_case
 from tests.test_images import dicom_bytes
 from tests.ui_server import serving
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
