@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -281,6 +281,15 @@ class TrajectoryStore:
 
         return self._write(write)
 
+    def latest_verdicts(self, run_ids: Iterable[str]) -> dict[str, Reward]:
+        """The clinician verdict that counts per run: its latest (a changed verdict wins, history kept)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self._sessions() as s:
+            rows = s.scalars(select(Reward).where(Reward.id.in_(latest_verdict_ids(ids))))
+            return {r.run_id: r for r in rows}
+
     def rewards(self, run_id: str) -> list[Reward]:
         """A run's reward rows, oldest first."""
         with self._sessions() as s:
@@ -371,6 +380,15 @@ class TrajectoryStore:
             stmt = stmt.where(PolicyVersion.role == role)
         with self._sessions() as s:
             return list(s.scalars(stmt))
+
+
+def latest_verdict_ids(run_ids: Sequence[str]) -> Select:
+    """Ids of the latest clinician verdict of each run among ``run_ids`` (reward ids grow with time)."""
+    return (
+        select(func.max(Reward.id))
+        .where(Reward.run_id.in_(run_ids), Reward.kind == "clinician", Reward.source == "clinician")
+        .group_by(Reward.run_id)
+    )
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
