@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from app.config import RoleSpec, Settings, UISettings
 from app.runtime import Runtime
+from data.schema import ROLES
 from data.synthetic import make_case
 from tests.test_images import dicom_bytes
 from tests.ui_server import serving
@@ -412,8 +414,25 @@ def test_each_tab_at_400_px_wide(page, asked, tab):
         page.set_viewport_size({"width": 1280, "height": 1000})
 
 
+class _GatedBackend:
+    """The tiny backend, held at its first call until the test opens the gate (a case that holds its slot)."""
+
+    def __init__(self, backend):
+        self._backend, self.entered, self.gate = backend, threading.Event(), threading.Event()
+
+    @property
+    def model_id(self) -> str:
+        return self._backend.model_id
+
+    def generate(self, requests):
+        self.entered.set()
+        self.gate.wait(timeout=STEP_TIMEOUT_MS / 1000)
+        return self._backend.generate(requests)
+
+
 def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, tmp_path):
     """Two clinicians, one case slot: the second sees their own question, image and place in line."""
+    gated = _GatedBackend(tiny_backend)
     settings = Settings(
         home=tmp_path / "home",
         model="tiny",
@@ -422,7 +441,7 @@ def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, 
         specialist=RoleSpec(max_new_tokens=24),
         attending=RoleSpec(max_new_tokens=32),
     )
-    runtime = Runtime(settings, backends=dict.fromkeys(("triage", "specialist", "attending"), tiny_backend))
+    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, gated))
     images = []
     for i in (0, 3):
         images.append(tmp_path / f"case{i}.png")
@@ -435,18 +454,20 @@ def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, 
                 p.goto(url)
                 p.wait_for_selector("#case-input textarea")
             send(first, "First clinician's question?", [images[0]])
-            first.locator("#case-chat").get_by_text("Triage").first.wait_for()  # it holds the slot
+            assert gated.entered.wait(timeout=STEP_TIMEOUT_MS / 1000)  # the first case holds the slot
             send(second, "Second clinician's question?", [images[1]])
             chat = second.locator("#case-chat")
             chat.get_by_text("next in line").wait_for()
             assert "Second clinician's question?" in chat.inner_text()
             assert chat.locator("img").count() >= 1  # their image, while they wait
             shot(second, "chat-waiting")
+            gated.gate.set()
             chat.get_by_text("Answer:").wait_for()
             assert chat.get_by_text("in line").count() == 0
             first.locator("#case-chat").get_by_text("Answer:").wait_for()
             for p in (first, second):
                 p.close()
     finally:
+        gated.gate.set()
         runtime.close()
     assert len(runtime.store.list_runs()) == 2
