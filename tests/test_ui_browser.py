@@ -47,6 +47,24 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 STEP_TIMEOUT_MS = 60_000
 
 
+class _GatedBackend:
+    """The tiny backend behind a gate: a test that closes it holds the next call until it opens it again."""
+
+    def __init__(self, backend, *, open_: bool = True):
+        self._backend, self.entered, self.gate = backend, threading.Event(), threading.Event()
+        if open_:
+            self.gate.set()
+
+    @property
+    def model_id(self) -> str:
+        return self._backend.model_id
+
+    def generate(self, requests):
+        self.entered.set()
+        self.gate.wait(timeout=STEP_TIMEOUT_MS / 1000)
+        return self._backend.generate(requests)
+
+
 @pytest.fixture(scope="module")
 def app_runtime(tmp_path_factory, tiny_model_dir, tiny_backend):
     settings = Settings(
@@ -56,7 +74,7 @@ def app_runtime(tmp_path_factory, tiny_model_dir, tiny_backend):
         specialist=RoleSpec(max_new_tokens=24),
         attending=RoleSpec(max_new_tokens=32),
     )
-    runtime = Runtime(settings, backends=dict.fromkeys(("triage", "specialist", "attending"), tiny_backend))
+    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, _GatedBackend(tiny_backend)))
     yield runtime
     runtime.close()
 
@@ -304,11 +322,16 @@ def test_verdict_buttons_are_locked_while_a_follow_up_runs(page, asked, app_runt
     _, run_id = asked
     open_tab(page, "Chat")
     before = clinician_rows(app_runtime.store, run_id)
-    send(page, "Is it benign?", [])
-    wrong = page.locator("#verdict-1 .verdict-wrong")
-    expect(wrong).to_be_disabled()
-    expect(page.locator("#verdict-1 .verdict-correct")).to_be_disabled()
-    wrong.click(force=True)  # a click on the locked button records nothing
+    gated = app_runtime.backends["attending"]
+    gated.gate.clear()  # the follow-up is held in its first model call until the clicks are done
+    try:
+        send(page, "Is it benign?", [])
+        wrong = page.locator("#verdict-1 .verdict-wrong")
+        expect(wrong).to_be_disabled()
+        expect(page.locator("#verdict-1 .verdict-correct")).to_be_disabled()
+        wrong.click(force=True)  # a click on the locked button records nothing
+    finally:
+        gated.gate.set()
     page.locator("#verdict-2").wait_for()
     expect(wrong).to_be_enabled()
     assert clinician_rows(app_runtime.store, run_id) == before
@@ -414,25 +437,9 @@ def test_each_tab_at_400_px_wide(page, asked, tab):
         page.set_viewport_size({"width": 1280, "height": 1000})
 
 
-class _GatedBackend:
-    """The tiny backend, held at its first call until the test opens the gate (a case that holds its slot)."""
-
-    def __init__(self, backend):
-        self._backend, self.entered, self.gate = backend, threading.Event(), threading.Event()
-
-    @property
-    def model_id(self) -> str:
-        return self._backend.model_id
-
-    def generate(self, requests):
-        self.entered.set()
-        self.gate.wait(timeout=STEP_TIMEOUT_MS / 1000)
-        return self._backend.generate(requests)
-
-
 def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, tmp_path):
     """Two clinicians, one case slot: the second sees their own question, image and place in line."""
-    gated = _GatedBackend(tiny_backend)
+    gated = _GatedBackend(tiny_backend, open_=False)
     settings = Settings(
         home=tmp_path / "home",
         model="tiny",
