@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from graph.protocol import ChatBackend
-from rl.curriculum import order_rows, stage_spans
+from rl.batching import GenerationBatch, generation_batch
+from rl.curriculum import LEVELS, cap_plan, describe_plan, order_rows, stage_spans
 from rl.datasets import Row, to_dataset
 from rl.grpo_config import GRPORecipe, Stage
 from rl.rewards import REWARD_FUNCS
@@ -67,34 +69,88 @@ class CurriculumGRPOTrainer(GRPOTrainer):
         train_args.beta = max(s.beta for s in stages)
         train_args.entropy_coef = max(s.gamma for s in stages)
         self.stage_log: list[dict[str, Any]] = []
+        self._stage_name: str | None = None
+        self._rewards: torch.Tensor | None = None
         super().__init__(*args, **kwargs)
         if answer_tokens_only:
             if train_args.top_entropy_quantile < 1.0:
                 raise ValueError("answer_tokens_only replaces top_entropy_quantile: leave it at 1.0")
             self.top_entropy_quantile = 0.0  # routes TRL's token mask through get_high_entropy_mask
 
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.model.training:
-            names = {x["stage"] for x in inputs}
-            if len(names) != 1:
-                raise RuntimeError(f"a generation batch mixes curriculum stages {sorted(names)}")
-            stage = self.stages[names.pop()]
-            self.beta = stage.beta
-            if not self.use_adaptive_entropy:  # adaptive: TRL's controller owns the coefficient
-                self.entropy_coef = stage.gamma
-            self.stage_log.append(
-                {
-                    "step": self.state.global_step + 1,
-                    "stage": stage.name,
-                    "beta": self.beta,
-                    "gamma": self.entropy_coef,
-                    "case_ids": sorted({str(x.get("case_id", "")) for x in inputs}),
-                }
+    def _set_stage(self, inputs: list[dict[str, Any]]) -> Stage:
+        """The stage of this generation batch, checked on every process together: its β and γ set."""
+        from accelerate.utils import gather_object
+
+        local = sorted({x["stage"] for x in inputs})
+        by_rank = gather_object([local])  # one list per process, in rank order
+        names = {n for per_rank in by_rank for n in per_rank}
+        if len(names) != 1:
+            raise RuntimeError(
+                f"generation batch for step {self.state.global_step + 1} mixes curriculum stages: "
+                f"{dict(enumerate(by_rank))} (stages must be padded to the global generation batch)"
             )
+        stage = self.stages[names.pop()]
+        self.beta = stage.beta
+        if stage.name != self._stage_name:
+            # each stage starts at its own γ; with TRL's adaptive entropy its controller moves it from
+            # there (a run resumed mid-stage keeps the coefficient restored from its checkpoint)
+            resumed_mid_stage = self._stage_name is None and self.state.global_step > 0
+            if not (self.use_adaptive_entropy and resumed_mid_stage):
+                self.entropy_coef = stage.gamma
+            self._stage_name = stage.name
+        elif not self.use_adaptive_entropy:
+            self.entropy_coef = stage.gamma
+        self._stage_by_rank = [per_rank[0] for per_rank in by_rank]
+        return stage
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards = rewards_per_func  # gathered over every process, in rank order
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        training = self.model.training
+        stage = self._set_stage(inputs) if training else None
         output = super()._generate_and_score_completions(inputs)
+        if training and stage is not None:
+            self._log_stage(stage, inputs)
         if self.answer_tokens_only:
             output["answer_mask"] = answer_token_mask(self.processing_class, output["completion_ids"])
         return output
+
+    def _log_stage(self, stage: Stage, inputs: list[dict[str, Any]]) -> None:
+        """Record the step's stage, β, γ, every process's stage, its case ids and reward by difficulty."""
+        from accelerate.utils import gather_object
+
+        case_ids = gather_object([str(x.get("case_id", "")) for x in inputs])
+        levels = gather_object([x.get("difficulty") or "" for x in inputs])
+        by_level: dict[str, float] = {}
+        if self._rewards is not None:
+            weights = self.reward_weights.to(self._rewards.device)
+            reward = (self._rewards * weights.unsqueeze(0)).nansum(dim=1).tolist()
+            by_level["all"] = sum(reward) / len(reward)
+            for level in LEVELS:
+                values = [r for r, lv in zip(reward, levels, strict=True) if lv == level]
+                if values:
+                    by_level[level] = sum(values) / len(values)
+        metrics = self._metrics["train"]
+        metrics["curriculum/stage"].append(float(list(self.stages).index(stage.name)))
+        metrics["curriculum/beta"].append(self.beta)
+        metrics["curriculum/gamma"].append(self.entropy_coef)
+        for level, value in by_level.items():
+            if level != "all":
+                metrics[f"reward_by_difficulty/{level}"].append(value)
+        self.stage_log.append(
+            {
+                "step": self.state.global_step + 1,
+                "stage": stage.name,
+                "stage_by_rank": self._stage_by_rank,
+                "beta": self.beta,
+                "gamma": self.entropy_coef,
+                "reward_by_difficulty": by_level,
+                "case_ids": sorted(set(case_ids)),
+            }
+        )
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         self._answer_mask = inputs.get("answer_mask")
@@ -139,6 +195,10 @@ class GRPOResult:
     stages: list[dict[str, Any]]
     metrics: dict[str, float] = field(default_factory=dict)
     stage_log: list[dict[str, Any]] = field(default_factory=list)
+    world_size: int = 1
+    global_batch: int = 0  # completions behind one optimizer step, every process together
+    loss_type: str = "grpo"
+    cut: list[str] = field(default_factory=list)  # stages max_steps shortened or dropped
 
     @property
     def serving(self) -> tuple[str, str | None]:
@@ -153,6 +213,10 @@ class GRPOResult:
             "steps": self.steps,
             "wall_s": round(self.wall_s, 2),
             "stages": self.stages,
+            "cut_by_max_steps": self.cut,
+            "world_size": self.world_size,
+            "global_batch": self.global_batch,
+            "loss_type": self.loss_type,
             "metrics": self.metrics,
         }
 
@@ -176,6 +240,8 @@ def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
         "max_completion_length": recipe.max_completion_length,
         "temperature": recipe.temperature,
         "top_entropy_quantile": recipe.top_entropy_quantile,
+        "loss_type": recipe.loss_type,
+        "use_bias_correction_kl": recipe.use_bias_correction_kl,
         "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
         "max_steps": recipe.max_steps,
         "shuffle_dataset": False,
@@ -219,9 +285,36 @@ def _peft_config(recipe: GRPORecipe) -> Any:
         r=recipe.lora_r,
         lora_alpha=recipe.lora_alpha,
         lora_dropout=recipe.lora_dropout,
-        target_modules=recipe.lora_target_modules,
+        target_modules=lora_targets(recipe),
         task_type="CAUSAL_LM",
     )
+
+
+def lora_targets(recipe: GRPORecipe) -> list[str] | str:
+    """PEFT's ``target_modules``: the recipe's projection names, in the language model only unless
+    ``lora_scope`` is ``all`` (a regex PEFT matches against the full module name)."""
+    if recipe.lora_scope == "all":
+        return list(recipe.lora_target_modules)
+    names = "|".join(re.escape(n) for n in recipe.lora_target_modules)
+    return rf".*\blanguage_model\..*\.({names})"
+
+
+def run_generation_batch(args: GRPOConfig) -> GenerationBatch:
+    """The generation batch of a live config (its world size), checked against TRL's own figure."""
+    gen = generation_batch(
+        processes=args.world_size,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_generations=args.num_generations,
+        steps_per_generation=args.steps_per_generation,
+        num_iterations=args.num_iterations,
+    )
+    if gen.completions != args.generation_batch_size:  # TRL changed its arithmetic: fail loudly
+        raise RuntimeError(
+            f"rl/batching.py expects {gen.completions} completions per generation batch, "
+            f"TRL configured {args.generation_batch_size}"
+        )
+    return gen
 
 
 def train_grpo(
@@ -229,29 +322,42 @@ def train_grpo(
 ) -> GRPOResult:
     """Train ``recipe.model`` on ``rows`` (curriculum-ordered or mixed) and save the policy.
 
-    The policy goes to ``output_dir/policy`` (an adapter under LoRA, a whole checkpoint with its
-    processor under full fine-tuning) with ``training_run.json`` beside it.
+    Every stage is padded to whole generation batches of all processes together, so each batch
+    holds one stage and every row of every stage is trained; ``recipe.max_steps`` cuts the plan
+    (logged, and recorded as ``cut``) and never extends it. The policy goes to
+    ``output_dir/policy`` (an adapter under LoRA, a whole checkpoint with its processor under full
+    fine-tuning) with ``training_run.json`` beside it, both written by the main process only.
     """
     from transformers import AutoProcessor
 
     if not recipe.model:
         raise ValueError("the recipe names no model to start from")
     out = Path(output_dir)
+    args = grpo_config(recipe, out)
+    gen = run_generation_batch(args)
     ordered, spans = order_rows(
         rows,
         recipe.stages,
-        batch=recipe.prompts_per_step,
+        batch=gen.prompts,
         curriculum=recipe.curriculum,
         mixed_stage=recipe.mixed_stage,
         seed=recipe.seed,
     )
-    plan = stage_spans(spans, recipe.prompts_per_step)
-    log.info("GRPO %s: %d rows -> %s", recipe.role, len(rows), plan)
+    plan, cut = cap_plan(stage_spans(spans, gen.prompts, gen.optimizer_steps), recipe.max_steps)
+    args.max_steps = sum(p["steps"] for p in plan)
+    log.info(
+        "GRPO %s (%s, loss %s): %d rows, %d processes, %d completions a step (%d prompts x %d per "
+        "generation batch); stage plan:\n%s",
+        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, len(rows),
+        gen.processes, gen.completions_per_step, gen.prompts, recipe.num_generations, describe_plan(plan),
+    )  # fmt: skip
+    if cut:
+        log.warning("max_steps %d cuts the stage plan: %s", recipe.max_steps, "; ".join(cut))
     processor = AutoProcessor.from_pretrained(recipe.model, padding_side="left")
     trainer = CurriculumGRPOTrainer(
         model=load_policy_model(recipe),
         reward_funcs=REWARD_FUNCS[recipe.role],
-        args=grpo_config(recipe, out),
+        args=args,
         train_dataset=to_dataset(ordered),
         processing_class=processor,
         peft_config=_peft_config(recipe),
@@ -264,9 +370,7 @@ def train_grpo(
     wall = time.perf_counter() - started
 
     policy = out / POLICY_DIR
-    trainer.save_model(str(policy))
-    if recipe.finetune == "full":
-        processor.save_pretrained(policy)
+    trainer.save_model(str(policy))  # the main process writes (TRL/transformers' should_save)
     result = GRPOResult(
         output_dir=out,
         policy_path=policy,
@@ -277,9 +381,22 @@ def train_grpo(
         stages=plan,
         metrics=_final_metrics(trainer.state.log_history, output.metrics),
         stage_log=trainer.stage_log,
+        world_size=gen.processes,
+        global_batch=gen.completions_per_step,
+        loss_type=recipe.loss_type,
+        cut=cut,
     )
-    record = {**result.summary(), "recipe": recipe.to_dict(), "log_history": trainer.state.log_history}
-    (out / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+    if trainer.is_world_process_zero():
+        if recipe.finetune == "full":
+            processor.save_pretrained(policy)
+        record = {
+            **result.summary(),
+            "recipe": recipe.to_dict(),
+            "per_step": trainer.stage_log,
+            "log_history": trainer.state.log_history,
+        }
+        (out / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+    trainer.accelerator.wait_for_everyone()
     return result
 
 

@@ -58,7 +58,7 @@ def test_curriculum_orders_stages_easy_medium_hard_in_whole_batches():
         f"easy-{i}": 2 for i in range(4)
     }
     plan = stage_spans(spans, batch=2)
-    assert plan[1] == {"stage": "medium", "first_step": 5, "steps": 2, "beta": 4e-3, "gamma": 5e-3}
+    assert plan[1] == {"stage": "medium", "first_step": 5, "steps": 2, "rows": 4, "beta": 4e-3, "gamma": 5e-3}
 
 
 def test_curriculum_skips_empty_stages_and_rejects_unknown_ones():

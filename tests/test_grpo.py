@@ -181,6 +181,13 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
     backend = TransformersBackend(str(tiny_model_dir), adapter_path=str(policy))
     (c,) = backend.generate([ChatRequest(rows[0]["prompt"], rows[0]["images"], Sampling(max_new_tokens=4))])
     assert c.completion_tokens >= 1 and str(policy) in c.model_id
+    # the adapter covers the language model only: the vision tower's MLP names match too
+    from safetensors import safe_open
+
+    with safe_open(str(policy / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("language_model" in k for k in keys), keys[:4]
+    assert any("mlp.gate_proj" in k for k in keys)
 
 
 def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows, tmp_path):
@@ -210,3 +217,11 @@ def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows
     # entropy below target at every step: TRL raises the coefficient by delta per step, and the
     # stage's gamma (the starting value) does not reset it
     assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.03, 0.05]
+
+
+def test_adaptive_entropy_starts_each_stage_at_that_stages_gamma(tiny_model_dir, rows, tmp_path):
+    adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
+    train_grpo(_recipe(tiny_model_dir, extra=adaptive), rows, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
+    # one step per stage: each starts at its own gamma (0.2, 0.4, 0.6) and TRL's controller adds delta
+    assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.22, 0.42, 0.62]
