@@ -449,22 +449,11 @@ def merge_adapter(model: str, adapter: str, output_dir: str | Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m rl.grpo`` (or ``accelerate launch -m rl.grpo`` on several GPUs): train from a recipe
-    on an export folder. Registering the result as a policy version is ``mmedagent train``'s job."""
-    import argparse
+    """``python -m rl.grpo`` (``torchrun --nproc_per_node N -m rl.grpo`` for N processes): the options
+    of ``mmedagent train`` (rl/train.py), without registering the policy."""
+    from rl.train import main as train_main
 
-    from rl.datasets import rows_from_dir
-
-    parser = argparse.ArgumentParser(prog="python -m rl.grpo", description=main.__doc__)
-    parser.add_argument("--recipe", required=True, help="YAML recipe (rl/recipes/)")
-    parser.add_argument("--data", required=True, help="a `mmedagent export` folder")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--model", help="overrides the recipe's model")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    recipe = GRPORecipe.from_yaml(args.recipe, model=args.model)
-    result = train_grpo(recipe, rows_from_dir(args.data, recipe.role), args.out)
-    log.info("policy saved to %s after %d steps (%.0f s)", result.policy_path, result.steps, result.wall_s)
+    train_main(argv)
 
 
 if __name__ == "__main__":

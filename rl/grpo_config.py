@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
 
