@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
 
 
 def recipe_path(name_or_path: str | Path) -> Path:
@@ -138,6 +139,8 @@ class GRPORecipe:
             raise ValueError("completions_per_step must be a multiple of gradient_accumulation_steps")
         if self.policy_tokens not in ("all", "answer"):
             raise ValueError(f"policy_tokens must be 'all' or 'answer', got {self.policy_tokens!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         if self.lora_scope not in ("language_model", "all"):
             raise ValueError(f"lora_scope must be 'language_model' or 'all', got {self.lora_scope!r}")
         if len({s.name for s in self.stages}) != len(self.stages):

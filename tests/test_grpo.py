@@ -225,3 +225,23 @@ def test_adaptive_entropy_starts_each_stage_at_that_stages_gamma(tiny_model_dir,
     history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
     # one step per stage: each starts at its own gamma (0.2, 0.4, 0.6) and TRL's controller adds delta
     assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.22, 0.42, 0.62]
+
+
+def test_the_configured_loss_type_and_kl_reach_trl(tiny_model_dir, rows, tmp_path):
+    from rl.curriculum import order_rows
+    from rl.datasets import to_dataset
+
+    assert (GRPORecipe().loss_type, GRPORecipe().use_bias_correction_kl) == ("grpo", False)  # the paper's
+    for loss_type in ("grpo", "dr_grpo"):
+        recipe = _recipe(tiny_model_dir, loss_type=loss_type)
+        ordered, _ = order_rows(rows, recipe.stages, batch=2)
+        trainer = CurriculumGRPOTrainer(
+            model=load_policy_model(recipe),
+            reward_funcs=REWARD_FUNCS["attending"],
+            args=grpo_config(recipe, tmp_path / loss_type),
+            train_dataset=to_dataset(ordered),
+            stages=recipe.stages,
+        )
+        assert (trainer.loss_type, trainer.args.use_bias_correction_kl) == (loss_type, False)
+    with pytest.raises(ValueError, match="loss_type"):
+        _recipe(tiny_model_dir, loss_type="nonsense")
