@@ -2,9 +2,11 @@
 
 A row is what TRL's GRPOTrainer (and SFTTrainer) reads: a conversational ``prompt`` rebuilt with
 graph.prompts (so training sees exactly what serving sees), the ``images`` its image blocks refer
-to, and the columns rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for
-the attending). Every row also carries ``difficulty`` (easy / medium / hard by the fraction of
-specialists right, data/difficulty.py; None when unknown) and ``case_id``.
+to (their stored bytes: :func:`to_dataset` decodes them only when the trainer reads a row, the
+graph's normalisation applied, so preparing many rows holds no pixels), and the columns
+rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for the attending). Every
+row also carries ``difficulty`` (easy / medium / hard by the fraction of specialists right,
+data/difficulty.py; None when unknown) and ``case_id``.
 
 Stored steps are read through data/export.py's rows (the same query as ``mmedagent export``), so
 ``--from-db`` and ``--data DIR`` see the same rows. Prompts are rebuilt from the run's question,
@@ -48,7 +50,7 @@ class DatasetError(ValueError):
 def triage_row(
     question: str,
     options: Sequence[str],
-    images: Sequence[Image.Image],
+    images: Sequence[bytes],
     specialty: str,
     *,
     case_id: str = "",
@@ -67,7 +69,7 @@ def triage_row(
 def attending_row(
     question: str,
     options: Sequence[str],
-    images: Sequence[Image.Image],
+    images: Sequence[bytes],
     opinions: Sequence[tuple[str, str]],
     answer: str,
     *,
@@ -105,7 +107,7 @@ def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_S
     warm-up's ``<think>``, rl/sft.py); rows from the store do not know it."""
     return [
         {
-            **triage_row(c.question, c.options, case_images(c), c.specialty, case_id=c.case_id),
+            **triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id),
             "modality": c.modality,
         }
         for c in generate_cases(n, seed=seed, size=size)
@@ -143,7 +145,7 @@ def synthetic_attending_rows(
         row = attending_row(
             case.question,
             case.options,
-            case_images(case),
+            case.images,
             opinions,
             case.answer,
             case_id=case.case_id,
@@ -165,7 +167,7 @@ def rows_from_export(records: Iterable[Mapping[str, Any]], role: str) -> Iterato
     _check_role(role)
     skipped = 0
     for rec in records:
-        images = [_pil(img) for img in rec.get("images") or []]
+        images = [_image_bytes(img) for img in rec.get("images") or []]
         gold = rec.get("specialty") if role == "triage" else rec.get("answer")
         if gold is None or not images or any(img is None for img in images):
             skipped += 1
@@ -200,11 +202,11 @@ def rows_from_dir(path: str | Path, role: str) -> list[Row]:
     if (root / f"{role}.parquet").is_file():
         from datasets import load_dataset
 
-        records = load_dataset("parquet", data_files=str(root / f"{role}.parquet"), split="train")
+        records = _undecoded(load_dataset("parquet", data_files=str(root / f"{role}.parquet"), split="train"))
     elif (root / role).is_dir():
         from datasets import load_dataset
 
-        records = load_dataset(str(root), role, split="train")
+        records = _undecoded(load_dataset(str(root), role, split="train"))
     elif (root / f"{role}.jsonl").is_file():
         records = _jsonl_records(root, root / f"{role}.jsonl")
     else:
@@ -225,16 +227,35 @@ def _jsonl_records(root: Path, path: Path) -> Iterator[dict[str, Any]]:
             yield rec
 
 
-def _pil(image: Any) -> Image.Image | None:
-    """An exported image entry (PIL, HF ``{"bytes": …}`` dict or raw bytes) as the models see it."""
+def _undecoded(dataset: Any) -> Any:
+    """An export dataset whose images stay bytes (decoded later, by :func:`to_dataset`)."""
+    from datasets import Image as ImageFeature
+    from datasets import List
+
+    return (
+        dataset.cast_column("images", List(ImageFeature(decode=False)))
+        if "images" in dataset.features
+        else dataset
+    )
+
+
+def _image_bytes(image: Any) -> bytes | None:
+    """An exported image entry (HF ``{"bytes": …}`` dict, raw bytes or a PIL image) as bytes."""
     from PIL import Image
+
+    from data.images import encode_png
 
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return encode_png(image.convert("RGB"))
     data = image.get("bytes") if isinstance(image, Mapping) else image
-    return None if data is None else image_from_bytes(data)
+    return None if data is None else bytes(data)
+
+
+def row_images(row: Row) -> list[Image.Image]:
+    """A row's images as the models see them (the graph's normalisation of the stored bytes)."""
+    return [image_from_bytes(b) for b in row["images"]]
 
 
 def _check_role(role: str) -> None:
@@ -242,8 +263,16 @@ def _check_role(role: str) -> None:
         raise DatasetError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
 
 
+def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
+
+
 def to_dataset(rows: Iterable[Row]) -> Any:
-    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it."""
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it: the images stay bytes
+    in the table and are decoded (normalised as the graph does) when a row is read."""
     from datasets import Dataset
 
-    return Dataset.from_list(list(rows))
+    dataset = Dataset.from_list(list(rows))
+    if "images" in dataset.column_names:
+        dataset.set_transform(_decode_images)
+    return dataset

@@ -417,13 +417,14 @@ def score_policy(
 ) -> dict[str, float]:
     """Greedy accuracy of a served policy on held-out rows: ``all`` and per difficulty present."""
     from graph.protocol import ChatRequest, Sampling
+    from rl.datasets import row_images
     from rl.rewards import answer_accuracy_value, triage_accuracy_value
 
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     right: dict[str, list[float]] = {"all": []}
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
-        done = backend.generate([ChatRequest(r["prompt"], list(r["images"]), sampling) for r in chunk])
+        done = backend.generate([ChatRequest(r["prompt"], row_images(r), sampling) for r in chunk])
         for row, completion in zip(chunk, done, strict=True):
             if role == "triage":
                 value = triage_accuracy_value(completion.text, row["specialty"])

@@ -16,6 +16,7 @@ from rl.datasets import (
     DatasetError,
     case_images,
     known_case,
+    row_images,
     rows_from_export,
     synthetic_attending_rows,
     synthetic_triage_rows,
@@ -120,7 +121,21 @@ def test_triage_rows_use_the_graph_prompt():
     case = generate_cases(1, seed=3, size=56)[0]
     assert row["prompt"] == triage_messages(case.question, case.options, 1)
     assert row["specialty"] == case.specialty
-    assert row["images"][0].size == (56, 56)
+    assert row["images"] == list(case.images) and row_images(row)[0].size == (56, 56)
+
+
+def test_dataset_holds_image_bytes_and_decodes_them_when_read():
+    from datasets import Value
+
+    from data.images import image_from_bytes
+    from rl.datasets import to_dataset
+
+    rows = synthetic_attending_rows(3, seed=5, size=56)
+    ds = to_dataset(rows)
+    assert ds.features["images"].feature == Value("binary")  # the table holds bytes, not pixels
+    first = ds[0]["images"][0]
+    expected = image_from_bytes(rows[0]["images"][0])
+    assert (first.mode, first.size, first.tobytes()) == (expected.mode, expected.size, expected.tobytes())
 
 
 def test_attending_rows_carry_opinions_with_the_planned_difficulty():
@@ -159,7 +174,7 @@ def test_rows_from_export_rebuild_prompts_and_skip_unusable_records():
     )
     assert (att["answer"], att["difficulty"], att["case_id"]) == (case.answer, "hard", "r1")
     (tri,) = list(rows_from_export(records, "triage"))
-    assert tri["specialty"] == case.specialty and tri["images"][0].size == (56, 56)
+    assert tri["specialty"] == case.specialty and row_images(tri)[0].size == (56, 56)
     with pytest.raises(DatasetError):
         list(rows_from_export(records, "specialist"))
 

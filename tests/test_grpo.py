@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rl.datasets import synthetic_attending_rows
+from rl.datasets import row_images, synthetic_attending_rows
 from rl.grpo import (
     RUN_FILE,
     CurriculumGRPOTrainer,
@@ -179,7 +179,8 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
     assert (policy / "adapter_config.json").is_file() and not (policy / "config.json").exists()
     assert result.serving == (str(tiny_model_dir), str(policy))
     backend = TransformersBackend(str(tiny_model_dir), adapter_path=str(policy))
-    (c,) = backend.generate([ChatRequest(rows[0]["prompt"], rows[0]["images"], Sampling(max_new_tokens=4))])
+    request = ChatRequest(rows[0]["prompt"], row_images(rows[0]), Sampling(max_new_tokens=4))
+    (c,) = backend.generate([request])
     assert c.completion_tokens >= 1 and str(policy) in c.model_id
     # the adapter covers the language model only: the vision tower's MLP names match too
     from safetensors import safe_open
