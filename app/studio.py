@@ -10,15 +10,14 @@ from __future__ import annotations
 from functools import cache
 
 from app.config import Settings
+from app.runtime import Runtime
+from app.tiny_model import ensure_default_model
 from graph.build import build_graph
 from graph.context import GraphContext
 
 
 @cache
 def _context() -> GraphContext:
-    from app.cli import ensure_default_model
-    from app.runtime import Runtime
-
     settings = Settings()
     ensure_default_model(settings)
     return Runtime(settings).context()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -19,6 +20,8 @@ from data.specialties import SPECIALTIES
 
 if TYPE_CHECKING:
     from transformers import Qwen2Tokenizer
+
+    from app.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +243,12 @@ def build_tiny_model(out_dir: str | Path, *, size: Literal["tiny", "small"] = "t
         out,
     )
     return out
+
+
+def ensure_default_model(settings: Settings, announce: Callable[[str], object] = logger.info) -> None:
+    """Build the tiny offline checkpoint when a role uses it and it is not there yet."""
+    tiny = settings.tiny_model_dir
+    uses_tiny = any(settings.model_for(r) == str(tiny) for r in ("triage", "specialist", "attending"))
+    if uses_tiny and not (tiny / "config.json").exists():
+        announce(f"building the tiny offline Qwen2.5-VL checkpoint in {tiny} ...")
+        build_tiny_model(tiny)

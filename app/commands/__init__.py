@@ -1,0 +1,1 @@
+"""The ``mmedagent`` commands, one module per group; each parses options and calls the packages."""

@@ -1,0 +1,100 @@
+"""Run cases: ``ask`` (one case), ``demo`` (a few synthetic ones) and the ``tiny-model`` they default to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from app.commands.common import console, fail, load_settings, open_runtime
+from app.runtime import CaseRequest, InputError
+from app.tiny_model import build_tiny_model
+from data.images import ImageError, load_image
+from data.synthetic import generate_cases
+from graph.parse import is_correct
+
+
+def tiny_model(
+    out_dir: Path,
+    size: Annotated[str, typer.Option(help="tiny (~1 MB) or small (~14M params)")] = "tiny",
+    seed: int = 0,
+) -> None:
+    """Build a tiny Qwen2.5-VL checkpoint offline (real architecture, processor and template)."""
+    if size not in ("tiny", "small"):
+        fail(f"--size must be tiny or small, not {size!r}")
+    path = build_tiny_model(out_dir, size=size, seed=seed)  # type: ignore[arg-type]
+    console.print(f"tiny Qwen2.5-VL ({size}) saved to {path}")
+
+
+def ask(
+    image: Annotated[
+        list[Path], typer.Option("--image", "-i", help="image file (PNG/JPEG/DICOM); repeatable")
+    ],
+    question: Annotated[str, typer.Option("--question", "-q")],
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help='e.g. "A) Nodule"; repeatable')
+    ] = None,
+    gold: Annotated[str | None, typer.Option(help="the right answer, when known")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Run one case through triage -> specialists -> attending and print the answer."""
+    settings = load_settings()
+    try:
+        images = [load_image(p, limits=settings.image_limits()) for p in image]
+    except ImageError as exc:
+        fail(str(exc))
+    req = CaseRequest(question=question, images=images, options=option or [], gold_answer=gold)
+    runtime = open_runtime(settings)
+    try:
+        runtime.validate(req)
+        result = runtime.ask(req)
+    except InputError as exc:
+        fail(str(exc))
+    finally:
+        runtime.close()
+    if as_json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        console.print(f"run {result.run_id}  specialists: {', '.join(result.specialties)}")
+        for op in result.opinions:
+            console.print(f"[bold]{op['specialty']}[/bold]: {op['answer'] or '(no answer)'}", highlight=False)
+        console.print(
+            f"[bold green]answer:[/bold green] {result.answer} ({result.answer_status})", highlight=False
+        )
+    if result.status == "error":
+        fail(f"run {result.run_id} failed: {result.error}", code=1)
+
+
+def demo(
+    n: Annotated[int, typer.Option(help="number of synthetic cases", min=1, max=200)] = 4,
+    seed: int = 0,
+) -> None:
+    """Build the tiny model if missing, run a few synthetic-clinic cases, show the results."""
+    settings = load_settings()
+    runtime = open_runtime(settings)
+    table = Table(title=f"mmedagent demo: {n} synthetic-clinic cases (seed {seed})")
+    table.add_column("case", no_wrap=True)
+    for col in ("gold specialty", "triage -> specialists", "answer", "gold", "right", "parse", "s"):
+        table.add_column(col)
+    try:
+        for case in generate_cases(n, seed=seed):
+            req = CaseRequest.from_synthetic(case, limits=settings.image_limits(), source="demo")
+            r = runtime.ask(req)
+            right = r.status == "ok" and is_correct(r.answer or "", case.answer, case.options)
+            table.add_row(
+                case.case_id,
+                case.specialty,
+                ", ".join(r.specialties) or "-",
+                (r.answer or r.error or "-")[:40],
+                case.answer,
+                "yes" if right else "no",
+                r.answer_status or r.status,
+                f"{r.wall_s:.2f}",
+            )
+    finally:
+        runtime.close()
+    console.print(table)
+    console.print(f"trajectories stored in {settings.database_url}  (see `mmedagent runs list`)")
