@@ -144,22 +144,22 @@ def run_training(
     adapter: str | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainRun:
-    """Warm up (optionally) and GRPO-train from ``--model``, the recipe's model or ``model`` (with
-    ``adapter`` merged in first, so the new policy starts from what the role serves)."""
+    """Warm up (optionally) and GRPO-train from ``--model``, else ``model`` (what the role serves,
+    ``adapter`` merged in first: ``mmedagent train``), else the recipe's model."""
     from accelerate import PartialState
 
     from rl.sft import format_warmup
 
     check_tracker(opts.report_to)
     recipe = load_recipe(opts)
-    start = opts.model or recipe.model or model
+    start = opts.model or model or recipe.model
     if not start:
         raise TrainError("no model to start from: give --model or a recipe with `model:`")
     out = Path(opts.out).resolve()  # the registered policy must load from any working directory
     if (out / "policy").exists():
         raise TrainError(f"{out / 'policy'} already exists: choose another --out")
     state = PartialState()
-    if adapter and not opts.model and not recipe.model:
+    if adapter and not opts.model:
         with state.main_process_first():  # one process writes the merged start, the others read it
             if state.is_main_process:
                 merge_adapter(start, adapter, out / "start")
