@@ -14,6 +14,7 @@ version, while ``python -m rl.grpo`` (the multi-process launch) trains only. Sev
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import logging
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
-ROWS_FILE = "rows.json"
+RUN_PLAN_FILE = "run_plan.json"  # the options and the frozen row list, written when a run starts
 
 
 class TrainError(ValueError):
@@ -68,6 +69,10 @@ def build_parser(prog: str, *, registering: bool = False) -> argparse.ArgumentPa
     p.add_argument("--learning-rate", type=float, help="overrides the recipe")
     p.add_argument("--seed", type=int, help="overrides the recipe")
     p.add_argument("--report-to", choices=["tensorboard", "trackio", "wandb", "none"], help="[the recipe's]")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in --out from its last checkpoint: same options, same rows in the same order",
+    )  # fmt: skip
     if registering:
         p.add_argument(
             "--register", action=argparse.BooleanOptionalAction, default=True,
@@ -151,13 +156,15 @@ def run_training(
     from rl.sft import format_warmup
 
     check_tracker(opts.report_to)
+    out = Path(opts.out).resolve()  # the registered policy must load from any working directory
+    if (out / "policy").exists():
+        raise TrainError(f"{out / 'policy'} already exists: choose another --out")
+    if opts.resume:
+        return _resume(out, rows, callbacks)
     recipe = load_recipe(opts)
     start = opts.model or model or recipe.model
     if not start:
         raise TrainError("no model to start from: give --model or a recipe with `model:`")
-    out = Path(opts.out).resolve()  # the registered policy must load from any working directory
-    if (out / "policy").exists():
-        raise TrainError(f"{out / 'policy'} already exists: choose another --out")
     state = PartialState()
     if adapter and not opts.model:
         with state.main_process_first():  # one process writes the merged start, the others read it
@@ -170,8 +177,61 @@ def run_training(
             format_warmup(start, rows, opts.role, out / "warmup", steps=opts.warmup_steps).policy_path
         )
     recipe.model = start
+    if state.is_main_process:
+        plan = {"options": _jsonable(opts), "start": start, "rows": [row_key(r) for r in rows]}
+        out.mkdir(parents=True, exist_ok=True)
+        (out / RUN_PLAN_FILE).write_text(json.dumps(plan, indent=1))
     result = train_grpo(recipe, rows, out, callbacks=callbacks)
     return TrainRun(result, len(rows), source_name(opts), start)
+
+
+def row_key(row: Row) -> str:
+    """A row's identity for freezing a run's row list: its prompt, label, case and image bytes."""
+    h = hashlib.sha256()
+    label = {k: row.get(k) for k in ("case_id", "answer", "specialty", "options")}
+    h.update(json.dumps([row["prompt"], label], sort_keys=True, default=str).encode())
+    for image in row["images"]:
+        h.update(hashlib.sha256(image).digest())
+    return h.hexdigest()[:32]
+
+
+def resume_options(out: Path) -> argparse.Namespace:
+    """The options a run in ``out`` started with (``--resume`` continues with exactly these)."""
+    path = Path(out).resolve() / RUN_PLAN_FILE
+    if not path.is_file():
+        raise TrainError(f"{out} holds no run to resume ({RUN_PLAN_FILE} missing)")
+    saved = json.loads(path.read_text())["options"]
+    for key in ("out", "data"):
+        if saved.get(key) is not None:
+            saved[key] = Path(saved[key])
+    return argparse.Namespace(**{**saved, "resume": True})
+
+
+def _resume(out: Path, rows: Sequence[Row], callbacks: Sequence[Any]) -> TrainRun:
+    """Continue the run in ``out`` on its frozen rows (found among ``rows``, in their frozen order)."""
+    plan = json.loads((out / RUN_PLAN_FILE).read_text())
+    opts = resume_options(out)
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise TrainError(f"{out} holds no checkpoint to resume from (the recipe's save_steps saves them)")
+    by_key: dict[str, list[Row]] = {}
+    for row in rows:
+        by_key.setdefault(row_key(row), []).append(row)
+    frozen: list[Row] = []
+    for key in plan["rows"]:
+        if not by_key.get(key):
+            raise TrainError(f"a row of the run is gone from its source ({key}): it cannot resume exactly")
+        frozen.append(by_key[key].pop(0))
+    recipe = load_recipe(opts)
+    recipe.model = plan["start"]
+    recipe.resume_from_checkpoint = str(checkpoints[-1])
+    log.info("resuming from %s on the run's %d frozen rows", checkpoints[-1].name, len(frozen))
+    result = train_grpo(recipe, frozen, out, callbacks=callbacks)
+    return TrainRun(result, len(frozen), source_name(opts), plan["start"])
+
+
+def _jsonable(opts: argparse.Namespace) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -179,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import os
 
     opts = build_parser("python -m rl.grpo").parse_args(argv)
+    if opts.resume:
+        opts = resume_options(opts.out)
     main_process = os.environ.get("RANK", "0") == "0"  # the others log warnings only
     logging.basicConfig(
         level=logging.INFO if main_process else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

@@ -32,9 +32,14 @@ def train(ctx: typer.Context) -> None:
     Options: `mmedagent train --help` (the same as `python -m rl.grpo`, plus --register/--no-register).
     """
     from rl.datasets import DatasetError
-    from rl.train import TrainError, build_parser, load_rows, run_training
+    from rl.train import TrainError, build_parser, load_rows, resume_options, run_training
 
     opts = build_parser("mmedagent train", registering=True).parse_args(ctx.args)
+    if opts.resume:
+        try:
+            opts = argparse.Namespace(**{**vars(resume_options(opts.out)), "register": opts.register})
+        except TrainError as exc:
+            fail(str(exc))
     logging.getLogger("rl").setLevel(logging.INFO)  # the stage plan, and what max_steps cut
     settings = load_settings()
     ensure_default_model(settings, announce=err.print)

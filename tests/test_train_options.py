@@ -1,0 +1,109 @@
+"""The options of a training run (rl/train.py, shared by `mmedagent train` and `python -m rl.grpo`):
+resume on the frozen rows, recipes by name, max_steps cutting the plan, a missing tracker."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from transformers import TrainerCallback
+
+from rl.datasets import synthetic_attending_rows
+from rl.grpo import RUN_FILE
+from rl.grpo_config import GRPORecipe, recipe_path
+from rl.train import TrainError, build_parser, resume_options, run_training
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+
+RECIPE = """\
+role: attending
+finetune: full
+learning_rate: 1.0e-4
+num_generations: 4
+completions_per_step: 8
+max_completion_length: 6
+logging_steps: 1
+save_steps: 1
+progress_bar: false
+stages:
+  - {name: easy, beta: 0.1, gamma: 0.2}
+  - {name: medium, beta: 0.3, gamma: 0.4}
+  - {name: hard, beta: 0.5, gamma: 0.6}
+"""
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAfterFirstCheckpoint(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):
+        raise Crash(f"crashed after step {state.global_step}")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return synthetic_attending_rows(60, seed=4, size=56)
+
+
+def _pick(pool, per_level: int, skip: int = 0) -> list[dict]:
+    return [
+        r
+        for lv in ("easy", "medium", "hard")
+        for r in [x for x in pool if x["difficulty"] == lv][skip:][:per_level]
+    ]
+
+
+def _opts(tmp_path, tiny_model_dir, out: str, *extra: str):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    args = ["--role", "attending", "--out", str(tmp_path / out), "--synthetic", "6", "--recipe", str(recipe)]
+    return build_parser("test").parse_args([*args, "--model", str(tiny_model_dir), *extra])
+
+
+def test_resume_continues_exactly_on_the_frozen_rows(tiny_model_dir, tmp_path, pool):
+    rows = _pick(pool, 2)
+    reference = run_training(_opts(tmp_path, tiny_model_dir, "ref"), rows).result
+    assert [e["stage"] for e in reference.stage_log] == ["easy", "medium", "hard"]
+
+    with pytest.raises(Crash):
+        run_training(_opts(tmp_path, tiny_model_dir, "run"), rows, callbacks=[CrashAfterFirstCheckpoint()])
+    assert not (tmp_path / "run" / "policy").exists()
+    # the source grew and reordered meanwhile: the run continues on its own rows, in its own order
+    grown = _pick(pool, 3, skip=2) + list(reversed(rows))
+    resumed = run_training(resume_options(tmp_path / "run"), grown).result
+    assert resumed.steps == 3
+    assert [e["case_ids"] for e in resumed.stage_log] == [e["case_ids"] for e in reference.stage_log[1:]]
+
+    with pytest.raises(TrainError, match="gone from its source"):
+        (tmp_path / "run" / "policy").rename(tmp_path / "run" / "done")
+        run_training(resume_options(tmp_path / "run"), grown[:5])
+
+
+def test_max_steps_cuts_the_plan_and_says_so(tiny_model_dir, tmp_path, pool, caplog):
+    opts = _opts(tmp_path, tiny_model_dir, "run", "--max-steps", "2")
+    with caplog.at_level(logging.INFO, logger="rl"):
+        result = run_training(opts, _pick(pool, 2)).result
+    assert [e["stage"] for e in result.stage_log] == ["easy", "medium"]
+    assert result.cut == ["hard: 0 of 1 steps (not trained)"]
+    assert "cuts the stage plan: hard: 0 of 1 steps (not trained)" in caplog.text
+    assert "easy    steps 1-1 (1)" in caplog.text  # the stage plan, printed at start
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert record["cut_by_max_steps"] == result.cut and record["world_size"] == 1
+
+
+def test_recipes_by_name_and_a_missing_tracker(tmp_path, monkeypatch):
+    assert recipe_path("tiny-attending").name == "tiny-attending.yaml"
+    assert GRPORecipe.from_yaml("tiny-triage").role == "triage"
+    with pytest.raises(FileNotFoundError, match="tiny-attending"):
+        recipe_path("no-such-recipe")
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    opts = build_parser("test").parse_args(
+        ["--role", "triage", "--out", str(tmp_path), "--report-to", "wandb"]
+    )
+    with pytest.raises(TrainError, match=r"^--report-to wandb: the wandb package is not installed"):
+        run_training(opts, [])
