@@ -185,13 +185,34 @@ def rows_from_export(records: Iterable[Mapping[str, Any]], role: str) -> Iterato
         log.warning("skipped %d %s records without a gold label or image pixels", skipped, role)
 
 
-def rows_from_store(store: TrajectoryStore, role: str, *, since: Any = None) -> list[Row]:
-    """Rows for ``role`` from every finished, gold-labelled run in the store."""
+REWARD_SOURCES = ("gold", "clinician", "both")
+
+
+def rows_from_store(
+    store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
+) -> list[Row]:
+    """Rows for ``role`` from every finished, labelled run in the store.
+
+    ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
+    clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
+    final answer, so their verdicts label the attending only.
+    """
     from data.export import ExportFilter, iter_batches
 
     _check_role(role)
-    flt = ExportFilter(role=role, since=since, status="ok", with_gold=True)
-    return list(rows_from_export((r for batch in iter_batches(store, flt) for r in batch), role))
+    if reward_source not in REWARD_SOURCES:
+        raise DatasetError(f"reward source must be one of {', '.join(REWARD_SOURCES)}, not {reward_source!r}")
+    if reward_source != "gold" and role != "attending":
+        raise DatasetError("clinician verdicts judge the final answer: they label the attending only")
+    flt = ExportFilter(role=role, since=since, status="ok", with_gold=reward_source == "gold")
+    records = (r for batch in iter_batches(store, flt) for r in batch)
+    if reward_source != "gold":
+        clinician = store.clinician_answers()
+        records = (
+            {**r, "answer": (r["answer"] if reward_source == "both" else None) or clinician.get(r["run_id"])}
+            for r in records
+        )
+    return list(rows_from_export(records, role))
 
 
 def rows_from_dir(path: str | Path, role: str) -> list[Row]:
@@ -267,12 +288,38 @@ def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
 
 
-def to_dataset(rows: Iterable[Row]) -> Any:
-    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it: the images stay bytes
-    in the table and are decoded (normalised as the graph does) when a row is read."""
-    from datasets import Dataset
+def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it.
 
-    dataset = Dataset.from_list(list(rows))
+    The rows are written ``batch`` at a time to an Arrow file in a temporary folder (removed with
+    the dataset) and memory-mapped, not converted in memory (``Dataset.from_list`` held several
+    copies: +350 MiB for 5,000 attending rows); the images stay bytes in the table and are
+    decoded (normalised as the graph does) when a row is read.
+    """
+    import itertools
+    import shutil
+    import tempfile
+    import weakref
+
+    from datasets import Dataset, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    it = iter(rows)
+    head = list(itertools.islice(it, 64))
+    if not head:
+        return Dataset.from_list([])
+    features = Dataset.from_list(head).features
+    for name, feature in features.items():
+        if feature == Value("null"):  # None in every sampled row (e.g. no difficulty): text
+            features[name] = Value("string")
+    folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
+    path = str(Path(folder) / "rows.arrow")
+    with ArrowWriter(features=features, path=path, writer_batch_size=batch) as writer:
+        for row in itertools.chain(head, it):
+            writer.write(row)
+        writer.finalize()
+    dataset = Dataset.from_file(path)
+    weakref.finalize(dataset, shutil.rmtree, folder, True)
     if "images" in dataset.column_names:
         dataset.set_transform(_decode_images)
     return dataset

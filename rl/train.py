@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.datasets import (
+    REWARD_SOURCES,
     ROLES,
     Row,
     rows_from_dir,
@@ -58,6 +59,10 @@ def build_parser(prog: str, *, registering: bool = False) -> argparse.ArgumentPa
     source.add_argument("--from-db", action="store_true", help="train on the store's gold-labelled runs")
     source.add_argument("--data", type=Path, help="a `mmedagent export` folder to train on")
     source.add_argument("--synthetic", type=int, default=0, metavar="N", help="N synthetic-clinic cases")
+    p.add_argument(
+        "--reward-source", choices=REWARD_SOURCES, default="gold",
+        help="--from-db labels: gold, the latest clinician verdict, or both (gold, else the clinician's)",
+    )  # fmt: skip
     p.add_argument("--recipe", help="recipe name (rl/recipes/: tiny-attending, ...) or YAML path")
     p.add_argument("--model", help="model to start from [the recipe's, else the role's served model]")
     p.add_argument(
@@ -119,7 +124,7 @@ def load_recipe(opts: argparse.Namespace) -> GRPORecipe:
 
 def source_name(opts: argparse.Namespace) -> str:
     if opts.from_db:
-        return "store"
+        return "store" if opts.reward_source == "gold" else f"store ({opts.reward_source} labels)"
     return str(opts.data) if opts.data is not None else f"synthetic:{opts.synthetic}"
 
 
@@ -130,7 +135,7 @@ def load_rows(opts: argparse.Namespace, store: TrajectoryStore | None = None) ->
     if opts.from_db:
         if store is None:
             raise TrainError("--from-db needs the store (`mmedagent train`)")
-        rows = rows_from_store(store, opts.role)
+        rows = rows_from_store(store, opts.role, reward_source=opts.reward_source)
     elif opts.data is not None:
         rows = rows_from_dir(opts.data, opts.role)
     else:

@@ -107,3 +107,29 @@ def test_recipes_by_name_and_a_missing_tracker(tmp_path, monkeypatch):
     )
     with pytest.raises(TrainError, match=r"^--report-to wandb: the wandb package is not installed"):
         run_training(opts, [])
+
+
+def test_clinician_verdicts_label_runs_latest_verdict_wins(settings, store):
+    from rl.datasets import DatasetError, rows_from_store
+    from tests.trajectories import make_runs
+
+    runs = make_runs(settings, store, [None, None, 2, None])
+    ids = [r.run_id for r in runs]
+    case = {r.run_id: store.get_run(r.run_id) for r in runs}
+    store.add_feedback(ids[0], correct=False, answer="C")
+    store.add_feedback(ids[0], correct=True)  # latest: the run's own answer was right
+    store.add_feedback(ids[1], correct=True)
+    store.add_feedback(ids[1], correct=False, answer="D")  # latest: D
+    store.add_feedback(ids[2], correct=False, answer="B")  # has a gold answer too
+    store.add_feedback(ids[3], correct=False)  # wrong, no answer given: labels nothing
+
+    def labels(source: str) -> dict[str, str]:
+        rows = rows_from_store(store, "attending", reward_source=source)
+        return {r["case_id"]: r["answer"] for r in rows}
+
+    cid = [case[i].case_id for i in ids]
+    assert labels("gold") == {cid[2]: case[ids[2]].gold_answer}
+    assert labels("clinician") == {cid[0]: case[ids[0]].answer, cid[1]: "D", cid[2]: "B"}
+    assert labels("both") == {cid[0]: case[ids[0]].answer, cid[1]: "D", cid[2]: case[ids[2]].gold_answer}
+    with pytest.raises(DatasetError, match="attending only"):
+        rows_from_store(store, "triage", reward_source="clinician")
