@@ -199,6 +199,7 @@ class GRPOResult:
     global_batch: int = 0  # completions behind one optimizer step, every process together
     loss_type: str = "grpo"
     cut: list[str] = field(default_factory=list)  # stages max_steps shortened or dropped
+    curriculum: bool = True
 
     @property
     def serving(self) -> tuple[str, str | None]:
@@ -213,12 +214,23 @@ class GRPOResult:
             "steps": self.steps,
             "wall_s": round(self.wall_s, 2),
             "stages": self.stages,
+            "curriculum": self.curriculum,
             "cut_by_max_steps": self.cut,
+            "final_reward_by_difficulty": final_by_difficulty(self.stage_log),
             "world_size": self.world_size,
             "global_batch": self.global_batch,
             "loss_type": self.loss_type,
             "metrics": self.metrics,
         }
+
+
+def final_by_difficulty(stage_log: Sequence[dict[str, Any]], last: int = 3) -> dict[str, float]:
+    """Each difficulty's reward averaged over the last ``last`` steps that trained on it."""
+    values: dict[str, list[float]] = {}
+    for entry in stage_log:
+        for level, value in entry.get("reward_by_difficulty", {}).items():
+            values.setdefault(level, []).append(value)
+    return {level: round(sum(v[-last:]) / len(v[-last:]), 4) for level, v in values.items()}
 
 
 def _on_cpu() -> bool:
@@ -385,6 +397,7 @@ def train_grpo(
         global_batch=gen.completions_per_step,
         loss_type=recipe.loss_type,
         cut=cut,
+        curriculum=bool(recipe.curriculum),
     )
     if trainer.is_world_process_zero():
         if recipe.finetune == "full":

@@ -12,7 +12,6 @@ from tests.trajectories import make_runs
 runner = CliRunner()
 
 
-
 def _clinician(store, run_id):
     return [(r.value, r.answer, r.note) for r in store.rewards(run_id) if r.kind == "clinician"]
 

@@ -37,7 +37,6 @@ def _step(node: str, role: str, specialty: str | None = None) -> dict:
     }
 
 
-
 def test_save_and_read_back(store):
     img = _image(b"1")
     steps = [

@@ -133,3 +133,64 @@ def test_clinician_verdicts_label_runs_latest_verdict_wins(settings, store):
     assert labels("both") == {cid[0]: case[ids[0]].answer, cid[1]: "D", cid[2]: case[ids[2]].gold_answer}
     with pytest.raises(DatasetError, match="attending only"):
         rows_from_store(store, "triage", reward_source="clinician")
+
+
+def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
+    tiny_model_dir, tmp_path, pool, monkeypatch
+):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from typer.testing import CliRunner
+
+    from app.backends.local import TransformersBackend
+    from app.cli import app
+    from graph.protocol import ChatRequest, Sampling
+    from rl.datasets import row_images
+
+    class KeepModel(TrainerCallback):
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.model = model
+
+    keep = KeepModel()
+    recipe = tmp_path / "lora.yaml"
+    recipe.write_text(RECIPE.replace("finetune: full", "finetune: lora").replace("1.0e-4", "0.5"))
+    opts = build_parser("test").parse_args(
+        ["--role", "attending", "--out", str(tmp_path / "run"), "--synthetic", "6", "--recipe", str(recipe),
+         "--model", str(tiny_model_dir), "--max-steps", "1"]
+    )  # fmt: skip
+    result = run_training(opts, _pick(pool, 2), callbacks=[keep]).result
+    row = pool[0]
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=row_images(row), return_tensors="pt")
+
+    def logits(model) -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            return model(**inputs).logits
+
+    trained = logits(keep.model)
+    base = logits(AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype="float32"))
+    assert (trained - base).abs().max() > 1e-4  # the adapter changed the model: the check can fail
+
+    from data.store import TrajectoryStore
+
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = TrajectoryStore(db_url)
+    version = store.register_policy(
+        "attending", str(tiny_model_dir), "h", adapter_path=str(result.policy_path)
+    )
+    store.close()
+    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    merged = CliRunner().invoke(
+        app, ["policies", "merge", str(version.id), "--out", str(tmp_path / "merged")]
+    )
+    assert merged.exit_code == 0, merged.output
+    full = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", dtype="float32")
+    torch.testing.assert_close(logits(full), trained, atol=1e-4, rtol=1e-4)
+
+    sampling = Sampling(max_new_tokens=8, temperature=0.0)
+    served = TransformersBackend(str(tiny_model_dir), adapter_path=str(result.policy_path))
+    merged_backend = TransformersBackend(str(tmp_path / "merged"))
+    request = ChatRequest(row["prompt"], row_images(row), sampling)
+    assert served.generate([request])[0].text == merged_backend.generate([request])[0].text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -94,11 +95,21 @@ def _register(store: TrajectoryStore, opts: argparse.Namespace, run: TrainRun, p
     )
 
 
+def _trained(run: dict) -> str:
+    """One line: how a version was trained (or "-")."""
+    if not run:
+        return "-"
+    order = "curriculum" if run.get("curriculum", True) else "mixed"
+    final = run.get("metrics", {}).get("final_reward")
+    reward = f", reward {final:.3f}" if isinstance(final, int | float) else ""
+    return f"{run.get('trainer', '')} {run.get('steps', '')} steps, {order}, {run.get('data', '?')}{reward}"
+
+
 @policies_app.command("list")
 def policies_list(
     role: Annotated[str | None, typer.Option(help="triage | specialist | attending")] = None,
 ) -> None:
-    """Every registered policy version (newest last), with its training run."""
+    """Every registered policy version (newest last), with the essentials of its training run."""
     store = open_store()
     try:
         rows = store.list_policies(role)
@@ -108,8 +119,6 @@ def policies_list(
     for col in ("id", "role", "created", "parent", "model", "adapter", "trained"):
         table.add_column(col)
     for p in rows:
-        run = p.training_run or {}
-        trained = f"{run.get('trainer', '')} {run.get('steps', '')} steps" if run else "-"
         table.add_row(
             str(p.id),
             p.role,
@@ -117,6 +126,71 @@ def policies_list(
             str(p.parent_id or "-"),
             p.base_model,
             p.adapter_path or "-",
-            trained,
+            _trained(p.training_run or {}),
         )
     console.print(table)
+
+
+def _get_policy(store: TrajectoryStore, version: int):  # -> PolicyVersion
+    policy = store.get_policy(version)
+    if policy is None:
+        fail(f"no policy version {version} (see `mmedagent policies list`)")
+    return policy
+
+
+@policies_app.command("show")
+def policies_show(version: Annotated[int, typer.Argument(help="policy version id")]) -> None:
+    """One version: data source, rows per stage, curriculum or mixed, final reward by difficulty, parent."""
+    store = open_store()
+    try:
+        p = _get_policy(store, version)
+    finally:
+        store.close()
+    run = p.training_run or {}
+    lines = [
+        f"policy version {p.id} ({p.role}), created {p.created_at:%Y-%m-%d %H:%M:%S}, "
+        f"parent {p.parent_id or '-'}",
+        f"model    {p.base_model}",
+        f"adapter  {p.adapter_path or '-'}",
+    ]
+    if run:
+        order = "curriculum" if run.get("curriculum", True) else "mixed"
+        lines += [
+            f"data     {run.get('data', '?')}: {run.get('rows', '?')} rows, {order}, "
+            f"loss {run.get('loss_type', '?')}",
+            f"batch    {run.get('global_batch', '?')} completions a step on "
+            f"{run.get('world_size', '?')} process(es); {run.get('steps', '?')} steps "
+            f"in {run.get('wall_s', '?')} s",
+        ]
+        for st in run.get("stages", []):
+            lines.append(
+                f"stage    {st['stage']:<7} {st.get('rows', '?')} rows, {st['steps']} steps, "
+                f"beta {st['beta']:g}, gamma {st['gamma']:g}"
+            )
+        if run.get("cut_by_max_steps"):
+            lines.append(f"cut      by max_steps: {'; '.join(run['cut_by_max_steps'])}")
+        final = run.get("final_reward_by_difficulty") or {}
+        if final:
+            lines.append("reward   " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    console.print("\n".join(lines), highlight=False)
+
+
+@policies_app.command("merge")
+def policies_merge(
+    version: Annotated[int, typer.Argument(help="policy version id (a LoRA adapter)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the merged full checkpoint")],
+) -> None:
+    """Fold a version's LoRA adapter into its base model: a full checkpoint for servers without adapters."""
+    from rl.grpo import merge_adapter
+
+    store = open_store()
+    try:
+        p = _get_policy(store, version)
+    finally:
+        store.close()
+    if not p.adapter_path:
+        fail(f"policy version {version} is a full checkpoint already: {p.base_model}")
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty: choose another --out")
+    merged = merge_adapter(p.base_model, p.adapter_path, out)
+    console.print(f"merged policy version {version} into {merged}", highlight=False)
