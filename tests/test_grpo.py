@@ -54,7 +54,7 @@ def _recipe(model, **kw) -> GRPORecipe:
 def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma(
     tiny_model_dir, rows, tmp_path
 ):
-    result = train_grpo(_recipe(tiny_model_dir), rows, tmp_path / "run")
+    result = train_grpo(_recipe(tiny_model_dir, report_to=["tensorboard"]), rows, tmp_path / "run")
     assert result.steps == 3
     assert [e["stage"] for e in result.stage_log] == ["easy", "medium", "hard"]
     assert [(e["beta"], e["gamma"]) for e in result.stage_log] == [(0.1, 0.2), (0.3, 0.4), (0.5, 0.6)]
@@ -65,6 +65,26 @@ def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma
     logged = [h for h in json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"] if "kl" in h]
     assert [h["entropy_coef"] for h in logged] == [0.2, 0.4, 0.6]
     assert (tmp_path / "run" / "policy" / "config.json").is_file()  # full fine-tune: a whole checkpoint
+    # per step: stage, beta, gamma and reward by difficulty in training_run.json and TensorBoard
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert [(e["step"], e["stage"], e["beta"], e["gamma"]) for e in record["per_step"]] == [
+        (1, "easy", 0.1, 0.2), (2, "medium", 0.3, 0.4), (3, "hard", 0.5, 0.6),
+    ]  # fmt: skip
+    assert [set(e["reward_by_difficulty"]) for e in record["per_step"]] == [
+        {"all", "easy"}, {"all", "medium"}, {"all", "hard"},
+    ]  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (tmp_path / "run").rglob("events.out.tfevents*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    scalars = {
+        tag: [(e.step, round(e.value, 6)) for e in board.Scalars(tag)] for tag in board.Tags()["scalars"]
+    }
+    assert scalars["train/curriculum/beta"] == [(1, 0.1), (2, 0.3), (3, 0.5)]
+    assert scalars["train/curriculum/gamma"] == [(1, 0.2), (2, 0.4), (3, 0.6)]
+    assert scalars["train/curriculum/stage"] == [(1, 0.0), (2, 1.0), (3, 2.0)]
+    assert [s for s, _ in scalars["train/reward_by_difficulty/hard"]] == [3]
     assert result.serving == (str(tmp_path / "run" / "policy"), None)
 
 
