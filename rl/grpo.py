@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from graph.protocol import ChatBackend
@@ -200,6 +201,7 @@ class GRPOResult:
     loss_type: str = "grpo"
     cut: list[str] = field(default_factory=list)  # stages max_steps shortened or dropped
     curriculum: bool = True
+    eval: list[dict[str, Any]] = field(default_factory=list)  # eval accuracy by difficulty per scoring
 
     @property
     def serving(self) -> tuple[str, str | None]:
@@ -217,6 +219,7 @@ class GRPOResult:
             "curriculum": self.curriculum,
             "cut_by_max_steps": self.cut,
             "final_reward_by_difficulty": final_by_difficulty(self.stage_log),
+            "eval": self.eval,
             "world_size": self.world_size,
             "global_batch": self.global_batch,
             "loss_type": self.loss_type,
@@ -330,7 +333,12 @@ def run_generation_batch(args: GRPOConfig) -> GenerationBatch:
 
 
 def train_grpo(
-    recipe: GRPORecipe, rows: Sequence[Row], output_dir: str | Path, *, callbacks: Sequence[Any] = ()
+    recipe: GRPORecipe,
+    rows: Sequence[Row],
+    output_dir: str | Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    eval_rows: Sequence[Row] = (),
 ) -> GRPOResult:
     """Train ``recipe.model`` on ``rows`` (curriculum-ordered or mixed) and save the policy.
 
@@ -339,6 +347,8 @@ def train_grpo(
     (logged, and recorded as ``cut``) and never extends it. The policy goes to
     ``output_dir/policy`` (an adapter under LoRA, a whole checkpoint with its processor under full
     fine-tuning) with ``training_run.json`` beside it, both written by the main process only.
+    ``eval_rows`` are scored greedily (``max_completion_length`` new tokens) every
+    ``recipe.eval_steps`` steps and at the end: accuracy by difficulty.
     """
     from transformers import AutoProcessor
 
@@ -377,6 +387,16 @@ def train_grpo(
         stages=[sp.stage for sp in spans],
         answer_tokens_only=recipe.policy_tokens == "answer",
     )
+    scorer = None
+    if eval_rows:
+        scorer = EvalAccuracy(
+            trainer,
+            eval_rows,
+            recipe.role,
+            max_new_tokens=recipe.max_completion_length,
+            every=recipe.eval_steps,
+        )
+        trainer.add_callback(scorer)
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)
     wall = time.perf_counter() - started
@@ -398,6 +418,7 @@ def train_grpo(
         loss_type=recipe.loss_type,
         cut=cut,
         curriculum=bool(recipe.curriculum),
+        eval=scorer.results if scorer else [],
     )
     if trainer.is_world_process_zero():
         if recipe.finetune == "full":
@@ -425,28 +446,100 @@ def _final_metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any])
     return metrics
 
 
+def _row_value(row: Row, text: str, role: str) -> float:
+    from rl.rewards import answer_accuracy_value, triage_accuracy_value
+
+    if role == "triage":
+        return triage_accuracy_value(text, row["specialty"])
+    return answer_accuracy_value(text, row["answer"], row["options"])
+
+
+def _by_difficulty(rows: Sequence[Row], values: Sequence[float]) -> dict[str, float]:
+    right: dict[str, list[float]] = {"all": list(values)}
+    for row, value in zip(rows, values, strict=True):
+        if row.get("difficulty"):
+            right.setdefault(row["difficulty"], []).append(value)
+    return {k: sum(v) / len(v) for k, v in right.items() if v}
+
+
+@torch.no_grad()
+def model_accuracy(
+    model: Any, processor: Any, rows: Sequence[Row], role: str, *, max_new_tokens: int, batch: int = 16
+) -> dict[str, float]:
+    """Greedy accuracy of an in-memory model on ``rows``: ``all`` and per difficulty present."""
+    from rl.datasets import row_images
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    was_training = model.training
+    model.eval()
+    values: list[float] = []
+    try:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            texts = [
+                processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+                for r in chunk
+            ]
+            images = [img for r in chunk for img in row_images(r)]
+            inputs = processor(
+                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            )
+            inputs = inputs.to(model.device)
+            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
+            done = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            values.extend(_row_value(r, text, role) for r, text in zip(chunk, done, strict=True))
+    finally:
+        model.train(was_training)
+    return _by_difficulty(rows, values)
+
+
+class EvalAccuracy(TrainerCallback):
+    """Scores the eval rows every ``every`` steps and at the end: accuracy by difficulty, logged
+    (``eval_accuracy/<level>``: TensorBoard/trackio, ``log_history``) and kept in ``results``."""
+
+    def __init__(
+        self, trainer: GRPOTrainer, rows: Sequence[Row], role: str, *, max_new_tokens: int, every: int
+    ):
+        self.trainer, self.rows, self.role = trainer, list(rows), role
+        self.max_new_tokens, self.every = max_new_tokens, every
+        self.results: list[dict[str, Any]] = []
+
+    def _score(self, state: Any) -> None:
+        if self.results and self.results[-1]["step"] == state.global_step:
+            return
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        accuracy = model_accuracy(
+            model, self.trainer.processing_class, self.rows, self.role, max_new_tokens=self.max_new_tokens
+        )
+        self.results.append({"step": state.global_step, "accuracy": accuracy})
+        model.eval()  # TRL's log() files metrics under the mode the model is in: not the train ones
+        try:
+            self.trainer.log({f"eval_accuracy/{k}": v for k, v in accuracy.items()})
+        finally:
+            model.train()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.every > 0 and state.global_step % self.every == 0:
+            self._score(state)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._score(state)
+
+
 def score_policy(
     backend: ChatBackend, rows: Sequence[Row], role: str, *, max_new_tokens: int = 24, batch: int = 64
 ) -> dict[str, float]:
     """Greedy accuracy of a served policy on held-out rows: ``all`` and per difficulty present."""
     from graph.protocol import ChatRequest, Sampling
     from rl.datasets import row_images
-    from rl.rewards import answer_accuracy_value, triage_accuracy_value
 
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
-    right: dict[str, list[float]] = {"all": []}
+    values: list[float] = []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         done = backend.generate([ChatRequest(r["prompt"], row_images(r), sampling) for r in chunk])
-        for row, completion in zip(chunk, done, strict=True):
-            if role == "triage":
-                value = triage_accuracy_value(completion.text, row["specialty"])
-            else:
-                value = answer_accuracy_value(completion.text, row["answer"], row["options"])
-            right["all"].append(value)
-            if row.get("difficulty"):
-                right.setdefault(row["difficulty"], []).append(value)
-    return {k: sum(v) / len(v) for k, v in right.items() if v}
+        values.extend(_row_value(r, c.text, role) for r, c in zip(chunk, done, strict=True))
+    return _by_difficulty(rows, values)
 
 
 def merge_adapter(model: str, adapter: str, output_dir: str | Path) -> str:

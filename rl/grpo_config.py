@@ -112,6 +112,10 @@ class GRPORecipe:
     stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
     mixed_stage: Stage = MIXED_STAGE
     max_steps: int = -1  # > 0 caps the run; otherwise the stages' rows × epochs decide
+    # > 0: that share of the rows is held out and scored greedily during training (accuracy by
+    # difficulty, max_completion_length new tokens) every eval_steps steps (0: at the end only)
+    eval_fraction: float = 0.0
+    eval_steps: int = 0
     seed: int = 0
     gradient_checkpointing: bool = False
     resume_from_checkpoint: str | bool | None = None

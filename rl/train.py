@@ -186,8 +186,19 @@ def run_training(
         plan = {"options": _jsonable(opts), "start": start, "rows": [row_key(r) for r in rows]}
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_PLAN_FILE).write_text(json.dumps(plan, indent=1))
-    result = train_grpo(recipe, rows, out, callbacks=callbacks)
+    train_rows, eval_rows = split_eval(rows, recipe.eval_fraction, recipe.seed)
+    result = train_grpo(recipe, train_rows, out, callbacks=callbacks, eval_rows=eval_rows)
     return TrainRun(result, len(rows), source_name(opts), start)
+
+
+def split_eval(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """(train, eval): ``fraction`` of the rows held out at random (seeded), none when 0."""
+    import random
+
+    if fraction <= 0:
+        return list(rows), []
+    held = set(random.Random(f"eval|{seed}").sample(range(len(rows)), max(1, round(len(rows) * fraction))))
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def row_key(row: Row) -> str:
@@ -231,7 +242,8 @@ def _resume(out: Path, rows: Sequence[Row], callbacks: Sequence[Any]) -> TrainRu
     recipe.model = plan["start"]
     recipe.resume_from_checkpoint = str(checkpoints[-1])
     log.info("resuming from %s on the run's %d frozen rows", checkpoints[-1].name, len(frozen))
-    result = train_grpo(recipe, frozen, out, callbacks=callbacks)
+    train_rows, eval_rows = split_eval(frozen, recipe.eval_fraction, recipe.seed)
+    result = train_grpo(recipe, train_rows, out, callbacks=callbacks, eval_rows=eval_rows)
     return TrainRun(result, len(frozen), source_name(opts), plan["start"])
 
 

@@ -194,3 +194,33 @@ def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
     merged_backend = TransformersBackend(str(tmp_path / "merged"))
     request = ChatRequest(row["prompt"], row_images(row), sampling)
     assert served.generate([request])[0].text == merged_backend.generate([request])[0].text
+
+
+def test_eval_rows_are_scored_during_training_by_difficulty(tiny_model_dir, tmp_path, pool):
+    from app.backends.local import TransformersBackend
+    from rl.grpo import score_policy, train_grpo
+
+    recipe = GRPORecipe.from_yaml(tmp_path_recipe(tmp_path), model=str(tiny_model_dir), eval_steps=2)
+    held = _pick(pool, 2, skip=2)
+    result = train_grpo(recipe, _pick(pool, 2), tmp_path / "run", eval_rows=held)
+    assert [e["step"] for e in result.eval] == [2, 3]  # every 2 steps, and at the end
+    assert set(result.eval[-1]["accuracy"]) == {"all", "easy", "medium", "hard"}
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    logged = [
+        (h["step"], h["eval_accuracy/hard"]) for h in record["log_history"] if "eval_accuracy/hard" in h
+    ]
+    assert logged == [(e["step"], e["accuracy"]["hard"]) for e in result.eval]
+    # the same greedy scores as the served policy's, max_completion_length new tokens
+    served = score_policy(
+        TransformersBackend(str(result.policy_path)),
+        held,
+        "attending",
+        max_new_tokens=recipe.max_completion_length,
+    )
+    assert served == result.eval[-1]["accuracy"]
+
+
+def tmp_path_recipe(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(RECIPE)
+    return path
