@@ -88,6 +88,10 @@ def test_no_curriculum_is_one_shuffled_mixed_stage():
 def test_recipe_defaults_yaml_and_validation(tmp_path):
     r = GRPORecipe()
     assert (r.num_generations, r.learning_rate, r.temperature, r.finetune) == (8, 1e-6, 1.0, "lora")
+    # the paper's curriculum is the attending's; triage trains mixed unless a recipe asks
+    assert (r.curriculum, GRPORecipe(role="triage").curriculum) == (True, False)
+    assert GRPORecipe(role="triage", curriculum=True).curriculum is True
+    assert (r.loss_type, r.use_bias_correction_kl, r.lora_scope) == ("grpo", False, "language_model")
     assert [(s.name, s.beta, s.gamma) for s in r.stages] == [
         ("easy", 1e-3, 1e-4),
         ("medium", 4e-3, 5e-3),
