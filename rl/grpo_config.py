@@ -168,7 +168,17 @@ class GRPORecipe:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a mapping of field: value")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
+        other = set(data) - known
+        if other:  # any other trl.GRPOConfig field may stand at the top level too (into ``extra``)
+            from trl import GRPOConfig
+
+            unknown = sorted(other - {f.name for f in fields(GRPOConfig)})
+            if unknown:
+                raise ValueError(
+                    f"{path}: unknown recipe fields {unknown}: neither recipe fields ({sorted(known)}) "
+                    "nor trl.GRPOConfig fields"
+                )
+            data = {k: v for k, v in data.items() if k in known} | {
+                "extra": {**data.get("extra", {}), **{k: data[k] for k in other}}
+            }
         return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

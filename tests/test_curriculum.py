@@ -105,6 +105,8 @@ def test_recipe_defaults_yaml_and_validation(tmp_path):
     path.write_text("lr: 1\n")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         GRPORecipe.from_yaml(path)
+    path.write_text("num_iterations: 2\nextra: {epsilon: 0.3}\n")  # any GRPOConfig field, top level
+    assert GRPORecipe.from_yaml(path).extra == {"epsilon": 0.3, "num_iterations": 2}
     with pytest.raises(ValueError, match="multiple of"):
         GRPORecipe(completions_per_step=30)
     with pytest.raises(ValueError, match="finetune"):
