@@ -1,12 +1,15 @@
-"""Curriculum GRPO on TRL's GRPOTrainer (DESIGN §1).
+"""Curriculum GRPO on TRL's GRPOTrainer.
 
-The objective is the paper's: J_GRPO − β·KL(π‖π_ref) + γ·H, with per-stage β and γ. TRL 1.16 already
+The objective is the paper's: J_GRPO − β·KL(π‖π_ref) + γ·H, with per-stage β and γ. The recipe's
+``loss_type: grpo`` (TRL's default is ``dapo``) averages each completion's token losses over its
+length as J_GRPO does; the KL is GRPO's per-token k3 estimator, without TRL 1.16's default
+importance-ratio "bias correction" (``use_bias_correction_kl: false``). TRL already
 implements both terms: ``beta`` (per-token KL against the reference, i.e. the starting policy: the
 base model with the adapter disabled under LoRA, a frozen copy under full fine-tuning) and
 ``entropy_coef`` (``loss -= γ · mean token entropy of the completions``, the entropies computed
 from the same logits as the log-probabilities). :class:`CurriculumGRPOTrainer` therefore adds no
 new loss code: it sets ``beta`` and ``entropy_coef`` from the stage of each generation batch, which
-rl/curriculum.py guarantees is a single stage.
+rl/curriculum.py and rl/batching.py make a single stage on every process.
 
 Rows come in curriculum order with TRL's ``shuffle_dataset=False``; without curriculum they are
 shuffled once by rl/curriculum.py (one ``mixed`` stage), so the trainer never reshuffles.
@@ -44,13 +47,16 @@ class CurriculumGRPOTrainer(GRPOTrainer):
     """GRPOTrainer whose KL β and entropy coefficient γ follow the stage of the batch in hand.
 
     Every training row carries a ``stage`` column naming one of ``stages``. Before a generation
-    batch is scored, ``beta`` and ``entropy_coef`` are set from its stage; the loss of that batch
-    (computed from the buffered generations) uses them. ``stage_log`` records, per generation
-    batch, the optimizer step it feeds, its stage, β, γ and case ids.
+    batch is scored, every process checks (collectively) that the batch holds one stage, and
+    ``beta`` and ``entropy_coef`` are set from it; the loss of that batch (computed from the
+    buffered generations) uses them. ``stage_log`` records, per generation batch, the optimizer
+    step it feeds, its stage (and each process's), β, γ, the case ids of every process and the
+    reward by difficulty; the same figures go to TRL's logs (``curriculum/*``,
+    ``reward_by_difficulty/*``).
 
-    With TRL's ``use_adaptive_entropy`` (a recipe's ``extra``) the stage's γ is only the starting
-    coefficient: TRL raises it while the completions' entropy is below ``entropy_target`` and
-    lowers it above, and applies it only below the target.
+    With TRL's ``use_adaptive_entropy`` (a recipe's ``extra``) each stage starts at its own γ;
+    TRL raises it while the completions' entropy is below ``entropy_target`` and lowers it above,
+    and applies it only below the target.
 
     ``answer_tokens_only``: the policy-gradient and entropy terms act on the tokens inside
     ``<answer>…</answer>`` only (the decision), while the KL term keeps acting on every token and
@@ -72,6 +78,7 @@ class CurriculumGRPOTrainer(GRPOTrainer):
         self.stage_log: list[dict[str, Any]] = []
         self._stage_name: str | None = None
         self._rewards: torch.Tensor | None = None
+        self._stage_by_rank: list[str] = []
         super().__init__(*args, **kwargs)
         if answer_tokens_only:
             if train_args.top_entropy_quantile < 1.0:
@@ -104,7 +111,9 @@ class CurriculumGRPOTrainer(GRPOTrainer):
         self._stage_by_rank = [per_rank[0] for per_rank in by_rank]
         return stage
 
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):  # type: ignore[no-untyped-def]
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> Any:
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._rewards = rewards_per_func  # gathered over every process, in rank order
         return rewards_per_func
