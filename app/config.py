@@ -40,7 +40,7 @@ class RoleSpec(BaseModel):
     api_key_env: str | None = Field(None, description="name of the env var holding the API key")
     timeout_s: float = Field(120.0, gt=0, description="per HTTP request (openai backend)")
     max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight (openai backend)")
-    retries: int = Field(3, ge=0, le=20, description="on connect errors, 5xx and 429 (openai backend)")
+    retries: int = Field(3, ge=0, le=20, description="openai client: connect, timeout, 408/409/429, 5xx")
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description='extra request fields, e.g. {"return_tokens_as_token_ids": true}'
     )
@@ -67,6 +67,20 @@ class UISettings(BaseModel):
     password: SecretStr | None = None
     max_images: int = Field(8, ge=1, le=64, description="images per chat message")
     concurrency: int = Field(2, ge=1, le=64, description="cases the app runs at once (others queue)")
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry export of every run (app/tracing.py). Off unless ``otlp_endpoint`` is set."""
+
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP receiver, e.g. http://127.0.0.1:4318 (…/v1/traces is added)"
+    )
+    content: bool | None = Field(
+        None, description="export prompts and completions; None: only when store_pixels is true"
+    )
+    service_name: str = "mmedagent"
+    timeout_s: float = Field(5.0, gt=0, le=120, description="per export request")
+    max_queue: int = Field(4096, ge=16, description="spans waiting for export; more are dropped")
 
 
 class Settings(BaseSettings):
@@ -100,6 +114,7 @@ class Settings(BaseSettings):
     max_question_chars: int = 8_000
     max_options: int = 26
     ui: UISettings = UISettings()
+    tracing: TracingSettings = TracingSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -7,12 +7,12 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from app.backends.batcher import batching_session
@@ -98,6 +98,8 @@ class CaseResult:
             "opinions": self.opinions,
             "answer": self.answer,
             "parse_status": self.answer_status,
+            # The registered policy version (``mmedagent policies``) of each role that answered.
+            "policy_versions": {s["role"]: s.get("policy_version_id") for s in self.steps},
             "timings": {
                 "wall_s": round(self.wall_s, 4),
                 "model_s": round(sum(s.get("latency_s", 0.0) for s in self.steps), 4),
@@ -106,6 +108,9 @@ class CaseResult:
                         "node": s["node"],
                         "specialty": s.get("specialty"),
                         "latency_s": round(s["latency_s"], 4),
+                        "wait_s": round(s.get("wait_s") or 0.0, 4),
+                        "batch_id": s.get("batch_id"),
+                        "policy_version_id": s.get("policy_version_id"),
                     }
                     for s in self.steps
                 ],
@@ -142,8 +147,13 @@ class Runtime:
         self.policy_ids = self._resolve_policies()
         self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
         self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn), kind=self.mode.kind)
+        self.tracer = None  # OpenTelemetry export of each run (app/tracing.py), when configured
+        if settings.tracing.otlp_endpoint:
+            from app.tracing import make_tracer
+
+            self.tracer = make_tracer(settings)
         # Decoded pixels of recent images (bounded: a long-lived UI process sees many cases).
-        self._images: OrderedDict[str, Image.Image] = OrderedDict()
+        self._images: LRUCache[str, Image.Image] = LRUCache(IMAGE_CACHE_SIZE)
         self._images_lock = threading.Lock()
 
     def _resolve_policies(self) -> dict[str, int]:
@@ -159,6 +169,9 @@ class Runtime:
         }
 
     def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.shutdown()
+            self.tracer = None
         self._checkpoint_conn.close()
         self.store.close()
         if self._owns_backends:  # batcher threads, HTTP connection pools
@@ -181,9 +194,8 @@ class Runtime:
         """The normalised pixels of an image: from this process's cache, else from the store."""
         with self._images_lock:
             cached = self._images.get(sha256)
-            if cached is not None:
-                self._images.move_to_end(sha256)
-                return cached
+        if cached is not None:
+            return cached
         data = self.store.image_bytes(sha256)
         if data is None:
             raise ImageError(f"image {sha256[:12]} is not available (unknown, or stored as a hash only)")
@@ -194,9 +206,6 @@ class Runtime:
     def _cache_image(self, sha256: str, image: Image.Image) -> None:
         with self._images_lock:
             self._images[sha256] = image
-            self._images.move_to_end(sha256)
-            while len(self._images) > IMAGE_CACHE_SIZE:
-                self._images.popitem(last=False)
 
     def validate(self, req: CaseRequest) -> None:
         """Reject unusable cases before anything runs or is written."""
@@ -264,7 +273,8 @@ class Runtime:
                     continue
                 if chunk.get("event") == "step_finished":
                     record = chunk["record"]
-                    steps.append({**record, "policy_version_id": self.policy_ids.get(record["role"])})
+                    policy = self.policy_ids.get(record["role"])
+                    steps.append({**record, "policy_version_id": policy, "finished_at": time.time()})
                 if on_event:
                     on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
@@ -291,9 +301,12 @@ class Runtime:
             wall_s=wall,
             meta=req.meta,
             eval_id=req.eval_id,
+            mode=self.mode.kind,
         )
         images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
         self.store.save_run(run, steps, images, self._rewards(req, run.options, steps))
+        if self.tracer is not None:
+            self.tracer.export_run(run, steps, self.context().sampling)
         result = CaseResult(
             run_id=run_id,
             thread_id=thread_id,

@@ -19,7 +19,8 @@ Nothing is downloaded: point a loader at the folder you have. Supported layouts:
 ==================  =================================================================================
 
 Every case is *closed* or *open*. Closed questions are scored by option match: multiple-choice
-questions carry their options, and a yes/no question gets the options ``A) Yes`` / ``B) No``. A
+questions carry their options, and a yes/no question gets the options ``A) Yes`` / ``B) No``
+(``A) 是`` / ``B) 否`` for a Chinese one). Answers are compared by :mod:`data.answers`. A
 question the dataset marks closed whose answer is neither (``"left or right?"``) keeps no options
 and is scored by exact (normalised) match. Open questions are scored separately (token F1/recall)
 and never enter the accuracy. Where a dataset says which type a question is (VQA-RAD JSON, SLAKE),
@@ -47,6 +48,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from data.answers import has_cjk, normalize, yes_no_gold
 from data.images import ImageLimits, LoadedImage, load_image
 from data.specialties import specialty_for_modality, specialty_for_subject
 from data.synthetic import iter_cases
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 YES_NO = ("A) Yes", "B) No")
+YES_NO_ZH = ("A) 是", "B) 否")  # SLAKE's Chinese yes/no questions, answered in Chinese
 MMMU_MEDICAL_SUBJECTS = (
     "Basic_Medical_Science",
     "Clinical_Medicine",
@@ -65,7 +68,6 @@ MMMU_MEDICAL_SUBJECTS = (
 _MMMU_IMAGE_COLUMNS = tuple(f"image_{k}" for k in range(1, 8))
 _MMMU_PLACEHOLDER = re.compile(r"<image (\d+)>")
 _ANSWER_CHOICES = re.compile(r"\n\s*Answer Choices:.*\Z", re.S)
-_WORDS = re.compile(r"[a-z0-9]+")
 
 
 class BenchmarkError(ValueError):
@@ -124,10 +126,6 @@ Loader = Callable[[Path, LoadOptions], Iterator[BenchmarkCase]]
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _norm(text: str) -> str:
-    return " ".join(_WORDS.findall(str(text).lower()))
-
-
 def _lettered(options: Sequence[str]) -> tuple[str, ...]:
     if len(options) > len(LETTERS):
         raise BenchmarkError(f"{len(options)} options; at most {len(LETTERS)} are supported")
@@ -150,10 +148,10 @@ def _short_answer_case(
     """A VQA-RAD/SLAKE/PathVQA style case (short free-text answer) with the closed/open rule."""
     text = str(answer).strip()
     declared = (declared or "").strip().upper()
-    yes_no = _norm(text) in ("yes", "no")
-    closed = declared.startswith("CLOSE") if declared.startswith(("CLOSE", "OPEN")) else yes_no
-    options = YES_NO if closed and yes_no else ()
-    gold = ("A" if _norm(text) == "yes" else "B") if options else text
+    yes_no = yes_no_gold(text)
+    closed = declared.startswith("CLOSE") if declared.startswith(("CLOSE", "OPEN")) else yes_no is not None
+    options = (YES_NO_ZH if has_cjk(text) else YES_NO) if closed and yes_no else ()
+    gold = ("A" if yes_no == "yes" else "B") if options else text
     return BenchmarkCase(
         case_id=case_id,
         benchmark=benchmark,
@@ -418,7 +416,7 @@ def load_omnimedvqa(root: Path, opts: LoadOptions) -> Iterator[BenchmarkCase]:
 
 def _letter_of(gold: str, options: Sequence[str], where: str) -> str:
     exact = [i for i, o in enumerate(options) if o == gold]
-    loose = [i for i, o in enumerate(options) if _norm(o) == _norm(gold)]
+    loose = [i for i, o in enumerate(options) if normalize(o) == normalize(gold)]
     hits = exact or loose
     if len(hits) != 1:
         raise BenchmarkError(f"{where}: the gold answer {gold!r} is not exactly one of the options {options}")

@@ -1,4 +1,4 @@
-"""Curriculum difficulty of a run (DESIGN §1), derived by query from the stored rewards.
+"""Curriculum difficulty of a run (docs/paper.md), derived by query from the stored rewards.
 
 s = the fraction of a run's specialists whose answer is right, read from the gold ``accuracy``
 reward rows of its specialist steps. easy: s = 1; medium: 0 < s < 1; hard: s = 0. A run none of

@@ -7,8 +7,10 @@ Formats (files are named by role, so one folder can hold several roles):
 - ``hf``: a Hub-style dataset folder, one config per role: shards
   ``OUT/<role>/train-NNNNN-of-MMMMM-<export id>.parquet`` and ``OUT/README.md`` (dataset card:
   configs, features, row counts). ``load_dataset(OUT, "<role>")``; can be pushed to a Hub repo as it is.
-- ``jsonl``: ``OUT/<role>.jsonl``; ``images`` holds paths relative to OUT of the image files,
-  written once each to ``OUT/images/<sha256>.<ext>``; ``image_sha256`` names them too.
+- ``jsonl``: ``OUT/<role>.jsonl``; ``images`` holds the absolute paths of the image files, written
+  once each to ``OUT/images/<sha256>.<ext>``, so ``load_dataset("json", data_files=...)`` then
+  ``cast_column("images", List(Image()))`` opens them from any working directory (``datasets``
+  opens a local path as it is given); ``image_sha256`` names the files too, should OUT move.
 
 In hash-only deployments (``store_pixels = false``) the images have no bytes: their entries in
 ``images`` are null and only ``image_sha256`` identifies them.
@@ -411,7 +413,7 @@ def _write_shards(batches: Iterator[list[dict[str, Any]]], folder: Path) -> None
 
 
 def _write_jsonl(batches: Iterator[list[dict[str, Any]]], path: Path, image_dir: Path) -> None:
-    """JSON lines; image bytes go to ``image_dir`` once each (content-addressed names)."""
+    """JSON lines; image bytes go to ``image_dir`` (absolute) once each (content-addressed names)."""
     image_dir.mkdir(exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for rows in batches:
@@ -426,45 +428,45 @@ def _write_jsonl(batches: Iterator[list[dict[str, Any]]], path: Path, image_dir:
                         part = target.with_suffix(".part")
                         part.write_bytes(img["bytes"])
                         os.replace(part, target)
-                    paths.append(f"{image_dir.name}/{img['path']}")
+                    paths.append(str(target))
                 r["images"] = paths
                 r["created_at"] = r["created_at"].isoformat() if r["created_at"] else None
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
 def _dataset_card(root: Path) -> str:
-    """README.md of an hf export: one config per role folder present, its files, the shared features."""
+    """README.md of an hf export: one config per role folder present, its files, the shared features.
+
+    Written the way ``Dataset.push_to_hub`` writes its own: ``DatasetInfo`` (features, a ``train``
+    split with its row count and bytes) per config, through the public card API.
+    """
     import pyarrow.parquet as pq
-    import yaml
+    from datasets import DatasetInfo, SplitDict, SplitInfo
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     shards = {r: sorted((root / r).glob("train-*.parquet")) for r in ROLES}
     roles = [r for r in ROLES if shards[r]]
-    header = {
-        "configs": [
-            {
-                "config_name": r,
-                "data_files": [{"split": "train", "path": [f"{r}/{f.name}" for f in shards[r]]}],
-            }
-            for r in roles
-        ],
-        "dataset_info": [
-            {
-                "config_name": r,
-                # a fresh list per config: shared objects would come out as YAML anchors
-                "features": features()._to_yaml_list(),
-                "splits": [
-                    {
-                        "name": "train",
-                        "num_examples": sum(pq.ParquetFile(f).metadata.num_rows for f in shards[r]),
-                    }
-                ],
-            }
-            for r in roles
-        ],
-        "tags": ["medical", "vqa", "rl", "grpo", "trajectories"],
-    }
-    return (
-        "---\n" + yaml.safe_dump(header, sort_keys=False) + "---\n\n# mmedagent-rl trajectories\n\n"
+    infos = DatasetInfosDict()
+    for r in roles:
+        meta = [pq.ParquetFile(f).metadata for f in shards[r]]
+        splits = SplitDict()
+        splits.add(
+            SplitInfo(
+                name="train",
+                num_examples=sum(m.num_rows for m in meta),
+                num_bytes=sum(m.row_group(i).total_byte_size for m in meta for i in range(m.num_row_groups)),
+            )
+        )
+        infos[r] = DatasetInfo(features=features(), splits=splits)
+    files = {r: [f"{r}/{f.name}" for f in shards[r]] for r in roles}
+    data = DatasetCardData(
+        configs=[{"config_name": r, "data_files": [{"split": "train", "path": files[r]}]} for r in roles],
+        tags=["medical", "vqa", "rl", "grpo", "trajectories"],
+    )
+    infos.to_dataset_card_data(data)
+    body = (
+        "# mmedagent-rl trajectories\n\n"
         "One row per model call of the triage -> specialists -> attending graph, exported by "
         "`mmedagent export --format hf`. Configs: " + ", ".join(f"`{r}`" for r in roles) + ".\n\n"
         "`prompt` (conversational) and `images` feed TRL's GRPOTrainer as they are; the reward "
@@ -473,6 +475,7 @@ def _dataset_card(root: Path) -> str:
         "`difficulty` is easy/medium/hard by the fraction of specialists right; `policy_version` "
         "names the weights that produced the completion.\n"
     )
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def _counted(
@@ -516,7 +519,7 @@ def export(
         batches = _counted(iter_batches(store, flt, batch_size), res, on_rows)
         built = tmp / target.name
         if fmt == "jsonl":
-            _write_jsonl(batches, built, out / "images")
+            _write_jsonl(batches, built, out.resolve() / "images")
         elif fmt == "parquet":
             _write_parquet(batches, built)
         else:

@@ -19,12 +19,15 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -301,35 +304,39 @@ def _render_dicom(data: bytes, label: str, limits: ImageLimits) -> tuple[Image.I
         rgb = np.ascontiguousarray(pixels[..., :3])
         return Image.fromarray(rgb if rgb.dtype == np.uint8 else _stretch(rgb)), columns, rows
 
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if center is not None and width is not None and width > 0:
-        gray = _window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper())
-    else:
-        gray = _stretch(values)
+    gray = _apply_voi(apply_modality_lut(pixels, ds), ds, label)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         gray = 255 - gray  # MONOCHROME1 means low values display white
     return Image.fromarray(gray).convert("RGB"), columns, rows
 
 
-def _first(value: object) -> float | None:
-    """A DICOM window attribute may be multi-valued; its first value is the default window."""
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        value = value[0] if len(value) else None
+def _apply_voi(values: np.ndarray, ds: Dataset, label: str) -> np.ndarray:
+    """The VOI transform (PS3.3 C.11.2) to 0..255: pydicom's ``apply_voi_lut`` applies the dataset's
+    VOI LUT Sequence (preferred) or its window (with its VOI LUT Function), each scaled from its own
+    output range; an image with neither, or an unusable one, is stretched over its own range."""
+    from pydicom.pixels import apply_voi_lut
+
+    lut = ds.get("VOILUTSequence")
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
+        if lut:
+            # A VOI LUT is indexed by integer input values; its entries have ``LUTDescriptor[2]`` bits.
+            out = apply_voi_lut(np.rint(values).astype(np.int64), ds)
+            return _scale(out, 0.0, 2.0 ** int(lut[0].LUTDescriptor[2]) - 1)
+        if "WindowCenter" in ds and "WindowWidth" in ds:
+            out = apply_voi_lut(values.astype(np.float64), ds)
+            # The window's output range: the same transform sends -inf and +inf to its two ends.
+            low, high = apply_voi_lut(np.array([-np.inf, np.inf]), ds)
+            return _scale(out, float(min(low, high)), float(max(low, high)))
+    except (ValueError, TypeError, AttributeError, IndexError, NotImplementedError) as exc:
+        log.warning("%s: unusable VOI LUT or window (%s); stretching the image's own range", label, exc)
+    return _stretch(values)
 
 
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
-    """DICOM PS3.3 C.11.2.1.2 VOI windowing to 0..255."""
-    if function == "SIGMOID":
-        scaled = 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
-    elif function == "LINEAR_EXACT":
-        scaled = (values - center) / width + 0.5
-    else:
-        scaled = (values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Map ``low..high`` onto 0..255 (clipped)."""
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values.astype(np.float64) - low) / (high - low)
     return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 

@@ -59,6 +59,8 @@ class Run(Base):
     wall_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     eval_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The graph that answered (graph.context.GraphKind); NULL for runs stored before it was recorded.
+    mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
     images: Mapped[list[RunImage]] = relationship(
         order_by="RunImage.position", cascade="all, delete-orphan", back_populates="run"
@@ -106,6 +108,13 @@ class Step(Base):
     latency_s: Mapped[float] = mapped_column(Float, default=0.0)
     model_id: Mapped[str] = mapped_column(String(512))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Time from the call's start to its model call's start (queueing, batching, preprocessing);
+    # the model call itself is ``latency_s``. NULL for steps stored before it was recorded.
+    wait_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The batched ``generate`` that produced the completion (shared by every request in it, also
+    # other runs') and its size; NULL where the backend does not batch in-process.
+    batch_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     policy_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("policy_versions.id"), nullable=True, index=True
     )

@@ -61,6 +61,7 @@ class RunIn:
     wall_s: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     eval_id: str | None = None
+    mode: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ _STEP_FIELDS = (
     "prompt_tokens",
     "completion_tokens",
     "latency_s",
+    "wait_s",
+    "batch_id",
+    "batch_size",
     "model_id",
     "policy_version_id",
 )
@@ -201,6 +205,7 @@ class TrajectoryStore:
                 wall_s=run.wall_s,
                 meta=dict(run.meta),
                 eval_id=run.eval_id,
+                mode=run.mode,
             )
             row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
             row.steps = [
@@ -449,6 +454,7 @@ def run_to_dict(run: Run) -> dict[str, Any]:
         "answer_status": run.answer_status,
         "meta": run.meta,
         "eval_id": run.eval_id,
+        "mode": run.mode,
         "steps": [
             {
                 "seq": st.seq,

@@ -1,11 +1,12 @@
 """The synthetic clinic: seeded, deterministic multiple-choice cases with known answers.
 
 Real benchmarks cannot be downloaded here, so end-to-end runs, demos and learning tests use
-generated cases (DESIGN §4). Each image's *style* encodes its modality, and so the gold specialty:
-one strong background colour per modality (seven clearly different colours, which even a tiny VLM
-learns within a few hundred GRPO steps, DESIGN §6) plus a texture typical of the modality. Marks
-drawn on top encode the *finding*: no mark is the normal finding, and each other finding of a
-modality has its own mark shape (small disc, large disc, ring, line or a cluster of dots).
+generated cases (docs/synthetic-clinic.md). Each image's *style* encodes its modality, and so the
+gold specialty: one strong background colour per modality (seven clearly different colours, which
+even a tiny VLM learns within a few hundred GRPO steps, docs/learning.md) plus a texture typical of
+the modality. Marks drawn on top encode the *finding*: no mark is the normal finding, and each
+other finding of a modality has its own mark shape (small disc, large disc, ring, line or a
+cluster of dots).
 
 A case depends only on ``(seed, index, size, image_count)``: ``generate_cases(10)`` is a prefix of
 ``generate_cases(100)``, and a case can be rebuilt from its id.

@@ -13,6 +13,7 @@ from langgraph.config import get_stream_writer
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
+from data.answers import answer_key, match_option
 from graph import parse, prompts
 from graph.context import GraphContext
 from graph.protocol import ChatRequest, Completion
@@ -37,6 +38,8 @@ def _call(
     images = [ctx.resolve_image(h) for h in image_hashes]
     request = ChatRequest(messages=messages, images=images, sampling=ctx.sampling_for(role))
     (completion,) = ctx.backends[role].generate([request])
+    # What the call spent outside the model (image loading, queueing, batching, pre/post-processing).
+    wait = max(0.0, time.time() - started - completion.latency_s)
     record: StepRecord = {
         "node": node,
         "role": role,
@@ -49,6 +52,9 @@ def _call(
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "latency_s": completion.latency_s,
+        "wait_s": wait,
+        "batch_id": completion.batch_id,
+        "batch_size": completion.batch_size,
         "model_id": completion.model_id,
         "started_at": started,
     }
@@ -145,7 +151,7 @@ def attending(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any
         ctx, node="attending", role="attending", messages=messages, image_hashes=hashes
     )
     parsed = parse.parse_think_answer(completion.text)
-    letter = parse.match_option(parsed.answer, options) if options else None
+    letter = match_option(parsed.answer, options) if options else None
     _finish(record, {**asdict(parsed), "option": letter}, parsed.status)
     return {
         "answer": parsed.answer,
@@ -172,9 +178,9 @@ def fixed_panel(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, A
 def vote(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
     """The ``vote`` baseline: the attending prompt (no opinions) sampled N times, majority answer.
 
-    Every sample is a stored attending step. Samples vote with the option they name (or, without
-    options, their normalised answer); ties go to the answer voted first. With no usable vote the
-    first sample's answer stands.
+    Every sample is a stored attending step. Samples vote with what they answer
+    (:func:`data.answers.answer_key`: the option they name, or without options their normalised
+    answer); ties go to the answer voted first. With no usable vote the first sample's answer stands.
     """
     ctx = runtime.context
     question, options = state["question"], state.get("options", [])
@@ -184,9 +190,8 @@ def vote(state: CaseState, runtime: Runtime[GraphContext]) -> dict[str, Any]:
     for _ in range(ctx.mode.votes):
         completion, record = _call(ctx, node="vote", role="attending", messages=messages, image_hashes=hashes)
         parsed = parse.parse_think_answer(completion.text)
-        letter = parse.match_option(parsed.answer, options) if options else None
-        _finish(record, {**asdict(parsed), "option": letter}, parsed.status)
-        key = letter if options else " ".join(parsed.answer.lower().split()) or None
+        key = answer_key(parsed.answer, options)
+        _finish(record, {**asdict(parsed), "option": key if options else None}, parsed.status)
         samples.append((parsed, key))
     keys = [k for _, k in samples if k is not None]
     winner = max(keys, key=lambda k: (keys.count(k), -keys.index(k))) if keys else None

@@ -1,5 +1,7 @@
 """Tolerant parsers for model output. They never raise: garbage becomes a recorded failure.
 
+Reading which option an answer names, and whether it is right, is :mod:`data.answers`.
+
 Status values: ``ok`` (the strict ``<think>…</think><answer>…</answer>`` format), ``recovered``
 (no strict format, but an answer could be read), ``failed`` (nothing usable; a fallback applies).
 """
@@ -22,9 +24,6 @@ _STRICT = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", r
 _ANSWER_TAG = re.compile(r"<answer>(.*?)(?:</answer>|$)", re.S)
 _THINK_TAG = re.compile(r"<think>(.*?)(?:</think>|<answer>|$)", re.S)
 _ANSWER_LINE = re.compile(r"(?:final\s+answer|answer)\s*(?:is)?\s*[:：]\s*(.+)", re.I)
-_LETTER = re.compile(r"^\(?([A-Za-z])\s*(?:[).:\]]|$)")
-_OPTION = re.compile(r"^\s*\(?([A-Za-z])\s*[).:\]]\s*(.*)$")
-_WORD = re.compile(r"[a-z]+")
 # "Radiology" and "radiologist" both name the Radiologist: specialties are matched on a stem.
 _STEMS = {name: name.lower().removesuffix("ist") for name in SPECIALTIES if name.endswith("ist")}
 _STEMS["Surgeon"] = "surg"
@@ -75,58 +74,6 @@ def parse_think_answer(text: str) -> ParsedAnswer:
         if line_m and line_m.group(1).strip():
             return ParsedAnswer(think or text.strip(), line_m.group(1).strip(), "recovered", "no answer tag")
     return ParsedAnswer(think, "", "failed", "no answer found")
-
-
-def option_letter(option: str) -> str | None:
-    """The letter of an option written like ``"B) Nodule"``, else None."""
-    m = _OPTION.match(option)
-    return m.group(1).upper() if m else None
-
-
-def option_text(option: str) -> str:
-    """The text of an option without its letter: ``"B) Nodule"`` -> ``"Nodule"``."""
-    m = _OPTION.match(option)
-    return (m.group(2) if m else option).strip()
-
-
-def _norm(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
-
-
-def match_option(answer: str, options: Sequence[str]) -> str | None:
-    """The option letter an answer names (``"B"``, ``"b)"``, ``"Answer: B."``, or the option text).
-
-    Options without letters are lettered A, B, C... in order. Returns None when the answer names
-    no option or is ambiguous.
-    """
-    answer = answer.strip()
-    if not answer or not options:
-        return None
-    letters = [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(options)]
-    cleaned = re.sub(
-        r"^(?:the\s+)?(?:final\s+)?(?:answer|option)\s*(?:is)?\s*[:：]?\s*", "", answer, flags=re.I
-    )
-    m = _LETTER.match(cleaned)
-    if m and m.group(1).upper() in letters:
-        return m.group(1).upper()
-    norm = _norm(cleaned)
-    if not norm:
-        return None
-    texts = [_norm(option_text(o)) for o in options]
-    exact = [letters[i] for i, t in enumerate(texts) if t and t == norm]
-    if len(exact) == 1:
-        return exact[0]
-    contained = [letters[i] for i, t in enumerate(texts) if t and re.search(rf"\b{re.escape(t)}\b", norm)]
-    return contained[0] if len(contained) == 1 else None
-
-
-def is_correct(answer: str, gold: str, options: Sequence[str]) -> bool:
-    """Whether ``answer`` names the gold option (``gold`` a letter or option text)."""
-    if options:
-        got = match_option(answer, options)
-        want = match_option(gold, options)
-        return got is not None and got == want
-    return bool(_norm(answer)) and _norm(answer) == _norm(gold)
 
 
 def find_specialties(text: str) -> list[str]:

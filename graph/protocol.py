@@ -45,6 +45,10 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
+    # The batched model call that produced it (same id for every request in it) and its size;
+    # None where the backend does not batch in-process (a server batches out of sight).
+    batch_id: str | None = None
+    batch_size: int | None = None
 
 
 class BackendError(RuntimeError):

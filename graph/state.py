@@ -33,6 +33,9 @@ class StepRecord(TypedDict, total=False):
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    wait_s: float
+    batch_id: str | None
+    batch_size: int | None
     model_id: str
     started_at: float
 

@@ -1,4 +1,4 @@
-"""Curriculum: order the rows easy → medium → hard, one stage after another.
+"""Curriculum (docs/paper.md): order the rows easy → medium → hard, one stage after another.
 
 A row's difficulty comes from the fraction ``s`` of specialists right (data/difficulty.py: easy
 s = 1, medium 0 < s < 1, hard s = 0). ``order_rows`` lays the stages out back to back, each

@@ -1,4 +1,4 @@
-"""Curriculum GRPO on TRL's GRPOTrainer.
+"""Curriculum GRPO on TRL's GRPOTrainer (docs/paper.md).
 
 The objective is the paper's: J_GRPO − β·KL(π‖π_ref) + γ·H, with per-stage β and γ. The recipe's
 ``loss_type: grpo`` (TRL's default is ``dapo``) averages each completion's token losses over its
@@ -270,7 +270,8 @@ def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
         "max_steps": recipe.max_steps,
         "shuffle_dataset": False,
         "seed": recipe.seed,
-        "gradient_checkpointing": recipe.gradient_checkpointing,
+        # transformers' name (TRL's configs still default the deprecated alias, which warns if left unset)
+        "activation_checkpointing": recipe.gradient_checkpointing,
         "report_to": recipe.report_to,
         "use_vllm": recipe.use_vllm,
         "logging_steps": recipe.logging_steps,

@@ -1,8 +1,8 @@
 """The GRPO recipe: one documented dataclass, loadable from a YAML file in rl/recipes/.
 
-Defaults are the paper's (G = 8, lr 1e-6, temperature 1.0, per-stage β and γ) except
+Defaults are the paper's (docs/paper.md: G = 8, lr 1e-6, temperature 1.0, per-stage β and γ) except
 where a field says otherwise; rl/recipes/*.yaml hold the settings measured to work for a model size
-(the tiny CPU model needs a far higher learning rate and full fine-tuning).
+(the tiny CPU model needs lr 2e-3 and full fine-tuning: rl/recipes/tiny-triage.yaml).
 """
 
 from __future__ import annotations

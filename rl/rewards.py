@@ -1,9 +1,9 @@
-"""Reward functions (DESIGN §1): format ∈ {0, 0.5} + accuracy ∈ {0, 1}, per role.
+"""Reward functions (docs/paper.md): format ∈ {0, 0.5} + accuracy ∈ {0, 1}, per role.
 
 Format credit needs a usable answer, not just the tags: a triage answer must name a known
 specialty, and a multiple-choice answer must name one of the options. Otherwise "well-formed
 nonsense" earns as much as a wrong answer, and GRPO drifts onto it until no answer is right
-(measured: triage accuracy fell to 0 within 300 steps on the tiny model, DESIGN §6).
+(measured: triage accuracy fell to 0 within 300 steps on the tiny model).
 
 The ``*_value`` functions score one completion; the list-valued functions have TRL's reward
 signature (``completions`` plus dataset columns as keyword arguments) so GRPOTrainer uses them as
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from graph.parse import is_correct, is_strict_format, match_option, parse_think_answer, parse_triage
+from data.answers import is_correct, match_option
+from graph.parse import is_strict_format, parse_think_answer, parse_triage
 
 FORMAT_REWARD = 0.5
 
@@ -52,7 +53,7 @@ def triage_format_value(text: str) -> float:
 
 
 def answer_accuracy_value(text: str, gold: str, options: Sequence[str]) -> float:
-    """1 when the answer names the gold option (letter or option text, robust to case/punctuation)."""
+    """1 when the answer is right by :func:`data.answers.is_correct` (the evaluation's closed scorer)."""
     return 1.0 if is_correct(parse_think_answer(text).answer, gold, options) else 0.0
 
 
@@ -60,7 +61,7 @@ def triage_accuracy_value(text: str, gold_specialty: str) -> float:
     """1 when the first (most relevant) specialty named is the gold one.
 
     Only the first counts: a reward for "contains the right name" is gamed at once by listing
-    every specialty (DESIGN §6).
+    every specialty (measured on the tiny model).
     """
     chosen = parse_triage(text).specialties
     return 1.0 if chosen and chosen[0] == gold_specialty else 0.0

@@ -6,7 +6,7 @@ format, ``<think>…</think><answer> X</answer>``:
 - ``warmup_completions``: X is drawn at random from the row's choices (the specialties for triage,
   the option letters for the attending), freshly for every pass. The model learns the format and
   an even spread over the choices, but nothing about which one is right: held-out accuracy stays
-  at chance, and GRPO then sees non-zero rewards from its first step (DESIGN §6). Where a row
+  at chance, and GRPO then sees non-zero rewards from its first step (docs/learning.md). Where a row
   knows its image's ``modality`` (the synthetic clinic), the ``<think>`` names it: the warm-up then
   also teaches the model to say what it sees, as a pretrained VLM would, and leaves to GRPO which
   specialist (or which answer) follows from it. Measured on the tiny model (seed 1, triage, answer
@@ -28,8 +28,8 @@ from typing import Any
 
 import torch
 
+from data.answers import option_letter, option_letters
 from data.specialties import SPECIALTIES
-from graph.parse import option_letter
 from rl.datasets import Row, to_dataset
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def choices(row: Row, role: str) -> list[str]:
     """What an answer can name: the specialties (triage) or the option letters (attending)."""
     if role == "triage":
         return list(SPECIALTIES)
-    return [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(row["options"])]
+    return option_letters(row["options"])
 
 
 def gold_label(row: Row, role: str) -> str:
@@ -124,6 +124,8 @@ def train_sft(recipe: SFTRecipe, sft_rows: Sequence[Row], output_dir: str | Path
         logging_steps=max(1, recipe.steps // 10),
         save_strategy="no",
         disable_tqdm=not recipe.progress_bar,
+        # TRL's default, under transformers' name (left unset, the deprecated alias warns)
+        activation_checkpointing=True,
     )
     model = AutoModelForImageTextToText.from_pretrained(recipe.model, dtype=torch.float32 if cpu else "auto")
     processor = AutoProcessor.from_pretrained(recipe.model)

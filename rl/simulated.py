@@ -1,4 +1,4 @@
-"""A simulated specialist (DESIGN §4): answers a known case right with a set probability.
+"""A simulated specialist (docs/synthetic-clinic.md): answers a known case right with a set probability.
 
 It exists only to build curriculum experiments with a known fraction ``s`` of specialists right;
 it is never a default backend. It implements graph/protocol.ChatBackend, so the real graph can run
@@ -17,8 +17,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from data.answers import match_option, option_letter, option_letters, option_text
 from data.specialties import SPECIALTIES
-from graph.parse import find_specialties, match_option, option_letter, option_text
+from graph.parse import find_specialties, parse_think_answer
 from graph.protocol import ChatRequest, Completion
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ def decoy(case: KnownCase, seed: int) -> str:
     Shared rather than independent: otherwise three wrong opinions often name three different
     options and the unnamed one is the answer, which text alone would give away on hard cases.
     """
-    letters = [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(case.options)]
+    letters = option_letters(case.options)
     return random.Random(f"{seed}|{case.key}|decoy").choice([x for x in letters if x != case.answer])
 
 
@@ -142,7 +143,7 @@ class SimulatedSpecialist:
         if case is None:
             options = _options_of(request)
             rng = random.Random(f"{self.seed}|unknown|{specialty}|{options}")
-            letters = [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(options)]
+            letters = option_letters(options)
             return (
                 opinion_text(options, rng.choice(letters))
                 if letters
@@ -167,8 +168,6 @@ def _options_of(request: ChatRequest) -> list[str]:
 
 def majority_answer(opinions: Sequence[str], options: Sequence[str]) -> str | None:
     """The option most opinions name (ties: the first named); the "copy the specialists" baseline."""
-    from graph.parse import parse_think_answer
-
     letters = [match_option(parse_think_answer(o).answer, options) for o in opinions]
     counts: dict[str, int] = {}
     for letter in letters:

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-extras=${MMEDAGENT_EXTRAS:-train,ui,serve,postgres,dev}
+extras=${MMEDAGENT_EXTRAS:-train,ui,serve,postgres,tracing,dev}
 stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv

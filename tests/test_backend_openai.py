@@ -117,6 +117,7 @@ def _by_step(steps: list[dict]) -> list[tuple[str, str, str, int]]:
     return sorted((s["node"], s.get("specialty") or "", s["completion"], s["prompt_tokens"]) for s in steps)
 
 
+@pytest.mark.slow
 def test_a_case_end_to_end_over_http_matches_the_local_model(
     server: ServeProcess, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -157,6 +158,7 @@ def test_a_case_end_to_end_over_http_matches_the_local_model(
         assert secret.encode() not in stored.read_bytes(), stored
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_then_restarted(
     server: ServeProcess, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -187,6 +189,7 @@ def test_server_killed_mid_run_then_restarted(
     assert [s.node for s in stored.steps] == ["triage"]
 
 
+@pytest.mark.slow
 def test_requests_complete_in_order_within_the_concurrency_limit(
     server: ServeProcess, tiny_model_dir: Path
 ) -> None:
@@ -202,6 +205,7 @@ def test_requests_complete_in_order_within_the_concurrency_limit(
     assert len({c.text for c in together}) > 1
 
 
+@pytest.mark.slow
 def test_a_refused_request_is_a_clear_error_without_retries(
     server: ServeProcess, tiny_model_dir: Path
 ) -> None:
@@ -217,6 +221,7 @@ def test_a_refused_request_is_a_clear_error_without_retries(
     backend.close()
 
 
+@pytest.mark.slow
 def test_image_blocks_must_match_images(server: ServeProcess, tiny_model_dir: Path) -> None:
     backend = OpenAIBackend(server.base_url, str(tiny_model_dir))
     request = _request("Which specialist?", 10)
@@ -228,7 +233,7 @@ def test_image_blocks_must_match_images(server: ServeProcess, tiny_model_dir: Pa
 
 def test_unreachable_server_and_missing_key_are_clear_errors(tiny_model_dir: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    backend = OpenAIBackend(url, "m", retries=2, backoff_s=0.01)
+    backend = OpenAIBackend(url, "m", retries=2)
     with pytest.raises(BackendError, match=r"cannot reach the server.*gave up after 3 attempts"):
         backend.generate([_request("Which specialist?", 10)])
     backend.close()

@@ -103,6 +103,7 @@ def test_fanout_is_one_model_call_with_the_sequential_results(
     assert batched.answer == sequential.answer
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_callers_each_get_their_own_result(backend: TransformersBackend) -> None:
     requests = [
         _request(f"Caller {i}: which specialist for this image?", 13 * i, Sampling(max_new_tokens=4 + i % 5))

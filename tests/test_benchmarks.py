@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data.benchmarks import YES_NO, BenchmarkError, load_benchmark
+from data.benchmarks import YES_NO, YES_NO_ZH, BenchmarkError, load_benchmark
 
 
 def _image_bytes(colour: tuple[int, int, int], fmt: str = "PNG", size: tuple[int, int] = (40, 32)) -> bytes:
@@ -202,7 +202,8 @@ def test_slake_english_by_default(tmp_path: Path):
     assert {c.specialty for c in cases} == {"Radiologist"}
     assert cases[0].meta["location"] == "Lung" and cases[0].meta["content_type"] == "Abnormality"
     zh = load_benchmark("slake", root, language="zh")
-    assert [c.case_id for c in zh] == ["slake-3"] and zh[0].closed and zh[0].options == ()
+    assert [c.case_id for c in zh] == ["slake-3"] and zh[0].closed
+    assert zh[0].options == YES_NO_ZH and zh[0].answer == "A" and zh[0].answer_text == "是"
     assert len(load_benchmark("slake", root, language="all")) == 4
     assert len(load_benchmark("slake", root, split="validation")) == 1
     assert len(load_benchmark("slake", root, split="train")) == 2

@@ -39,6 +39,7 @@ def _mmedagent(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), *args], env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_ask_json_then_runs_show(tmp_path, env):
     img = _png(tmp_path / "scan.png")
     out = _mmedagent(
@@ -103,6 +104,7 @@ def test_runs_show_unknown_id(env):
     assert res.exit_code == 2 and "no run" in res.output
 
 
+@pytest.mark.slow
 def test_demo_prints_table(env):
     res = runner.invoke(app, ["demo", "--n", "2"])
     assert res.exit_code == 0, res.output

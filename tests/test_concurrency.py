@@ -69,6 +69,7 @@ def _writer(
         errors.append(f"thread {t}: {type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("own_store", [True, False], ids=["store-per-thread", "shared-store"])
 def test_concurrent_writers_lose_no_run(db_url, own_store):
     shared = None if own_store else TrajectoryStore(db_url)

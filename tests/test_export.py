@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import warnings
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from datasets import Image, List, load_dataset
+from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -82,6 +86,7 @@ def _assert_row_is_db_content(row, store: TrajectoryStore) -> None:
         assert store.image_bytes(sha) == img["bytes"]
 
 
+@pytest.mark.slow
 def test_parquet_round_trip_equals_db_content(settings, store, tiny_backend, tmp_path):
     made = make_runs(settings, store, [3, 1, 0, None])
     store.add_feedback(made[1].run_id, correct=False, answer="A", note="look again")
@@ -161,15 +166,20 @@ def test_filters(runs, sqlite_store, tmp_path):
             assert set(_load_parquet(result.path)["difficulty"]) == set(flt.difficulty)
 
 
-def test_hf_folder_loads_by_role_config(runs, sqlite_store, tmp_path):
+def test_hf_folder_loads_by_role_config(runs, sqlite_store, tmp_path, caplog):
     for role in ("triage", "attending"):
         export(sqlite_store, ExportFilter(role=role), "hf", tmp_path)
     card = (tmp_path / "README.md").read_text()
     assert "config_name: triage" in card and "config_name: attending" in card and "&id" not in card
     (shard,) = (tmp_path / "attending").iterdir()
     assert shard.name.startswith("train-00000-of-00001-") and shard.suffix == ".parquet"
-    attending = load_dataset(str(tmp_path), "attending", split="train")
-    triage = load_dataset(str(tmp_path), "triage", split="train")
+    # The card is well-formed: loading it logs and warns nothing.
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        attending = load_dataset(str(tmp_path), "attending", split="train")
+        triage = load_dataset(str(tmp_path), "triage", split="train")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert [str(w.message) for w in warned if not issubclass(w.category, DeprecationWarning)] == []
     assert len(attending) == len(triage) == 4
     assert set(attending["role"]) == {"attending"} and attending[0]["images"][0].mode == "RGB"
     assert attending.features["images"] == List(Image())
@@ -180,15 +190,24 @@ def test_hf_folder_loads_by_role_config(runs, sqlite_store, tmp_path):
     assert len(load_dataset(str(tmp_path), "triage", split="train")) == 1
 
 
-def test_jsonl_with_image_side_folder(runs, sqlite_store, tmp_path):
-    result = export(sqlite_store, ExportFilter(role="specialist"), "jsonl", tmp_path)
+def test_jsonl_with_image_side_folder(runs, sqlite_store, tmp_path, monkeypatch):
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path / "out")
+    result = export(sqlite_store, ExportFilter(role="specialist"), "jsonl", Path("export"))
     rows = [json.loads(line) for line in result.path.read_text().splitlines()]
     assert len(rows) == 12
     for row in rows:
-        for sha, rel in zip(row["image_sha256"], row["images"], strict=True):
-            assert hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() == sha
+        for sha, path in zip(row["image_sha256"], row["images"], strict=True):
+            assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha
         datetime.fromisoformat(row["created_at"])
-    assert len(list((tmp_path / "images").iterdir())) == 4  # one file per distinct image
+    assert len(list((tmp_path / "out" / "export" / "images").iterdir())) == 4  # one per distinct image
+    # datasets opens the images from any working directory.
+    monkeypatch.chdir(tmp_path)
+    ds = load_dataset("json", data_files=str(tmp_path / "out" / "export" / "specialist.jsonl"), split="train")
+    ds = ds.cast_column("images", List(Image()))
+    assert len(ds) == 12
+    for row, decoded in zip(rows, ds["images"], strict=True):
+        assert [img.tobytes() for img in decoded] == [PILImage.open(p).tobytes() for p in row["images"]]
 
 
 def test_streams_in_batches_and_failure_leaves_nothing(settings, store, tmp_path):
@@ -229,6 +248,7 @@ def test_parse_since():
         parse_since("last tuesday")
 
 
+@pytest.mark.slow
 def test_export_feeds_grpo_trainer_without_conversion(runs, sqlite_store, tiny_model_dir, tmp_path):
     """The exported parquet, as load_dataset returns it, trains one real GRPO step with rl/rewards.py."""
     from trl import GRPOConfig, GRPOTrainer
@@ -249,6 +269,7 @@ def test_export_feeds_grpo_trainer_without_conversion(runs, sqlite_store, tiny_m
         shuffle_dataset=False,
         logging_steps=1,
         save_strategy="no",
+        activation_checkpointing=False,
     )
     trainer = GRPOTrainer(
         model=str(tiny_model_dir), reward_funcs=REWARD_FUNCS["attending"], args=args, train_dataset=dataset

@@ -51,6 +51,7 @@ def _recipe(model, **kw) -> GRPORecipe:
     return GRPORecipe(**{**base, **kw})
 
 
+@pytest.mark.slow
 def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma(
     tiny_model_dir, rows, tmp_path
 ):
@@ -88,6 +89,7 @@ def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma
     assert result.serving == (str(tmp_path / "run" / "policy"), None)
 
 
+@pytest.mark.slow
 def test_no_curriculum_trains_one_mixed_stage(tiny_model_dir, rows, tmp_path):
     recipe = _recipe(tiny_model_dir, curriculum=False, mixed_stage=Stage("mixed", 0.05, 0.07), max_steps=2)
     result = train_grpo(recipe, rows, tmp_path / "run")
@@ -188,6 +190,7 @@ def test_answer_tokens_only_puts_the_entropy_term_on_the_answer(tiny_model_dir, 
     assert change == pytest.approx(gamma * on_answer, rel=1e-3, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_path):
     from app.backends.local import TransformersBackend
     from graph.protocol import ChatRequest, Sampling
@@ -211,6 +214,7 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
     assert any("mlp.gate_proj" in k for k in keys)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows, tmp_path):
     first = train_grpo(_recipe(tiny_model_dir, save_steps=1, max_steps=1), rows, tmp_path / "run")
     assert first.steps == 1 and (tmp_path / "run" / "checkpoint-1").is_dir()
@@ -224,6 +228,7 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows,
     assert [e["stage"] for e in resumed.stage_log] == ["medium", "hard"]
 
 
+@pytest.mark.slow
 def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows, tmp_path):
     adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
     recipe = _recipe(

@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from data.images import ImageError, ImageLimits, LoadedImage, image_from_bytes, load_image, sha256_bytes
@@ -48,6 +48,7 @@ def dicom_bytes(
     *,
     window: tuple[float, float] | None = None,
     intercept: float = 0.0,
+    slope: float = 1.0,
     photometric: str = "MONOCHROME2",
     preamble: bool = True,
 ) -> bytes:
@@ -65,7 +66,7 @@ def dicom_bytes(
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     ds.PixelData = pixels.astype(np.uint16).tobytes()
@@ -198,6 +199,37 @@ def test_dicom_is_windowed_and_stripped_of_phi() -> None:
     assert abs(int(out[0, 20, 0]) - 128) <= 1
     assert tuple(out[0, 40]) == (255, 255, 255)
     assert np.array_equal(np.asarray(image_from_bytes(loaded.data)), out)
+
+
+def test_dicom_rescale_slope_and_intercept_come_before_the_window() -> None:
+    raw = np.zeros((4, 40), dtype=np.uint16)  # 0 -> -1000 HU, below the window
+    raw[:, 10:20] = 470  # 2 * 470 - 1000 = -60 HU: a quarter up the window
+    raw[:, 20:30] = 520  # 40 HU: the window centre (raw 520 alone would be far above it)
+    raw[:, 30:] = 1000  # 1000 HU: above the window
+    out = pixels(load_image(dicom_bytes(raw, window=(40, 400), slope=2, intercept=-1000), name="ct.dcm"))
+    assert out[0, 0, 0] == 0
+    assert abs(int(out[0, 15, 0]) - 64) <= 1
+    assert abs(int(out[0, 25, 0]) - 128) <= 1
+    assert out[0, 35, 0] == 255
+
+
+def test_dicom_voi_lut_sequence_is_applied_in_preference_to_the_window() -> None:
+    raw = np.zeros((4, 30), dtype=np.uint16)
+    raw[:, 10:20] = 1500
+    raw[:, 20:] = 3500
+    # A window that would put all three columns at black or white...
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes(raw, window=(1500, 2))))
+    # ...and a VOI LUT (4096 entries from 0, 12 bits) that steps 0 -> 40% -> 80% at 1000 and 3000.
+    lut = np.zeros(4096, dtype=np.uint16)
+    lut[1000:], lut[3000:] = 1638, 3276
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 0, 12])  # LUT Descriptor
+    item.add_new(0x00283006, "US", lut.tolist())  # LUT Data
+    ds.VOILUTSequence = [item]
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    out = pixels(load_image(buffer.getvalue(), name="lut.dcm"))
+    assert [int(out[0, c, 0]) for c in (5, 15, 25)] == [0, 102, 204]
 
 
 def test_dicom_without_window_is_stretched_and_monochrome1_inverted() -> None:

@@ -116,6 +116,7 @@ def test_downgrade_to_0001_and_back(db_url):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_concurrent_first_start_of_several_processes(db_url):
     """Four processes open the same brand-new database at once: one creates it, none fails."""
     code = "import sys; from data.store import TrajectoryStore; TrajectoryStore(sys.argv[1]).close()"
@@ -148,3 +149,30 @@ def test_cli_refuses_an_unmigrated_database_until_db_upgrade(tmp_path, monkeypat
     assert res.exit_code == 0 and migrate.head_revision() in res.output
     assert runner.invoke(app, ["db", "current"]).exit_code == 0
     assert runner.invoke(app, ["runs", "list"]).exit_code == 0
+
+
+def test_upgrade_from_0002_adds_step_timing_and_run_mode(db_url):
+    engine = make_engine(db_url)
+    migrate.upgrade(engine, "0002")
+    _fill_0001(engine)  # the columns 0002 added are nullable: the 0001 rows are valid 0002 rows
+    migrate.upgrade(engine)
+    assert _diff(engine) == []
+    store = TrajectoryStore(db_url)
+    run = store.get_run("old-run")
+    (step,) = run.steps
+    assert run.mode is None and (step.wait_s, step.batch_id, step.batch_size) == (None, None, None)
+    assert step.latency_s == 0.1 and step.completion == "<think>t</think><answer>B</answer>"
+    # the new columns take values, and a downgrade to 0002 drops them again
+    store.save_run(
+        RunIn(id="new", thread_id="new", question="q", status="ok", mode="single"),
+        [{"node": "attending", "role": "attending", "messages": [], "completion": "x", "parse_status": "ok",
+          "model_id": "m", "wait_s": 0.25, "batch_id": "b1", "batch_size": 3}],
+        [],
+    )  # fmt: skip
+    new = store.get_run("new")
+    assert new.mode == "single" and (new.steps[0].wait_s, new.steps[0].batch_id) == (0.25, "b1")
+    store.close()
+    migrate.downgrade(engine, "0002")
+    assert "batch_id" not in {c["name"] for c in inspect(engine).get_columns("steps")}
+    assert "mode" not in {c["name"] for c in inspect(engine).get_columns("runs")}
+    engine.dispose()

@@ -16,7 +16,11 @@ import pytest
 from rl.datasets import synthetic_attending_rows
 from rl.grpo import RUN_FILE
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),  # about 2 minutes alone on 2 CPU cores; the global limit is for hangs
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
+]
 
 RECIPE = """\
 role: attending

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from data.answers import is_correct, match_option
 from graph.parse import (
     choose_specialists,
-    is_correct,
     is_strict_format,
-    match_option,
     parse_think_answer,
     parse_triage,
 )

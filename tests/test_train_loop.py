@@ -15,7 +15,7 @@ from data.store import TrajectoryStore
 from data.synthetic import generate_cases
 from rl.simulated import AnswerKey, SimulatedSpecialist
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 runner = CliRunner()
 
 RECIPE = """\

@@ -14,7 +14,7 @@ from rl.grpo import RUN_FILE
 from rl.grpo_config import GRPORecipe, recipe_path
 from rl.train import TrainError, build_parser, resume_options, run_training
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 
 RECIPE = """\
 role: attending

@@ -20,7 +20,7 @@ from app.runtime import Runtime
 from data.synthetic import make_case
 from tests.ui_server import serving
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [

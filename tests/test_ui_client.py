@@ -56,6 +56,7 @@ def runtime(make_runtime):
     return make_runtime(**FAST)
 
 
+@pytest.mark.slow
 def test_two_concurrent_clients_get_their_own_answers_runs_and_threads(runtime, tmp_path):
     cases = [make_case(0), make_case(3)]
     assert cases[0].specialty != cases[1].specialty
@@ -123,6 +124,7 @@ def test_bad_file_gets_a_chat_message_and_writes_no_run(runtime, tmp_path):
     assert runtime.store.list_runs() == []
 
 
+@pytest.mark.slow
 def test_feedback_buttons_append_clinician_reward_rows(runtime, tmp_path):
     image = tmp_path / "case.png"
     case = make_case(2)
@@ -145,6 +147,7 @@ def test_feedback_buttons_append_clinician_reward_rows(runtime, tmp_path):
     assert rows[0].step_id == attending.id
 
 
+@pytest.mark.slow
 def test_failed_model_call_is_reported_in_chat_and_stored(make_runtime, tiny_backend, tmp_path):
     broken = ScriptedBackend(lambda r: "", fail=True)
     runtime = make_runtime(
@@ -212,6 +215,7 @@ def test_login_is_required_when_configured(make_runtime):
         assert "/ask" in client.view_api(return_format="dict", print_info=False)["named_endpoints"]
 
 
+@pytest.mark.slow
 def test_concurrent_first_questions_finish_even_when_one_is_bad(runtime, tmp_path):
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")

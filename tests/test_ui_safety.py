@@ -60,6 +60,7 @@ def _mmedagent_ui(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
     return subprocess.run([str(exe), "ui", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_refuses_a_network_bind_without_login_before_loading_anything(tmp_path):
     env = {**os.environ, "MMEDAGENT_HOME": str(tmp_path / "home")}
     env.pop("MMEDAGENT_UI__USERNAME", None)
@@ -72,6 +73,7 @@ def test_cli_refuses_a_network_bind_without_login_before_loading_anything(tmp_pa
     assert half.returncode == 2 and "PASSWORD" in half.stderr
 
 
+@pytest.mark.slow
 def test_cli_serves_on_loopback_by_default(tmp_path, tiny_model_dir):
     import httpx
 

@@ -15,8 +15,10 @@ import gradio as gr
 from PIL import Image
 
 from data.difficulty import LEVELS
-from data.store import TrajectoryStore, run_to_dict
+from data.run_view import run_report
+from data.store import TrajectoryStore
 from ui.queries import NO_DIFFICULTY, RunFilter, find_runs, run_difficulty
+from ui.run_views import build_run_views
 from ui.safety import redact_paths
 
 ANY = "any"
@@ -69,42 +71,16 @@ def policy_choices(store: TrajectoryStore) -> list[tuple[str, str]]:
 
 
 def run_record(store: TrajectoryStore, run_id: str) -> dict[str, Any] | None:
-    """A run as the JSON developers see: every step, its rewards, its policy; no server paths."""
-    run = store.get_run(run_id.strip())
-    if run is None:
+    """A run as the JSON developers see (data.run_view.run_report) and its difficulty; no server paths."""
+    data = run_report(store, run_id)
+    if data is None:
         return None
-    data = run_to_dict(run)
     data["error"] = redact_paths(data["error"])
-    data["difficulty"] = run_difficulty(store, run.id)
-    step_ids = {st.id: st.seq for st in run.steps}
-    data["rewards"] = [
-        {
-            "step": step_ids.get(r.step_id),
-            "role": r.role,
-            "kind": r.kind,
-            "value": r.value,
-            "source": r.source,
-            "answer": r.answer,
-            "note": r.note,
-            "created_at": r.created_at.isoformat() if r.created_at else None,
-        }
-        for r in store.rewards(run.id)
-    ]
-    policies = {}
+    data["difficulty"] = run_difficulty(store, data["run_id"])
     for st in data["steps"]:
         st["model_id"] = redact_paths(st["model_id"])
-        pid = st.get("policy_version_id")
-        if pid is not None and pid not in policies:
-            p = store.get_policy(pid)
-            policies[pid] = p and {
-                "id": p.id,
-                "role": p.role,
-                "base_model": redact_paths(p.base_model),
-                "adapter": redact_paths(p.adapter_path),
-                "weights_hash": p.weights_hash[:16],
-                "parent_id": p.parent_id,
-            }
-    data["policies"] = list(policies.values())
+    for p in data["policies"]:
+        p["base_model"], p["adapter"] = redact_paths(p["base_model"]), redact_paths(p["adapter"])
     return data
 
 
@@ -213,6 +189,7 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         preview=False,
         visible=False,
     )
+    views = build_run_views(store)  # timeline, graph picture, comparison (ui/run_views.py)
     record = gr.State(None)
 
     @gr.render(inputs=[record])
@@ -272,5 +249,6 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         do_open, run_id, open_outputs, api_visibility="private"
     )
     open_button.click(do_open, run_id, open_outputs, api_name="open_run")
+    record.change(views.show, record, views.outputs, api_visibility="private")
     run_id.submit(do_open, run_id, open_outputs, api_visibility="private")
     return TracesTab(run_id, do_open, open_outputs, do_search, filters, [table, policy])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
@@ -263,7 +264,9 @@ class MicroBatcher(Generic[Item]):
             for job, _ in chunk:
                 job.fail(error)
             return
+        batch_id = uuid.uuid4().hex[:16]
         for (job, i), completion in zip(chunk, completions, strict=True):
+            completion.batch_id, completion.batch_size = batch_id, len(chunk)
             job.results[i] = completion
             job.remaining -= 1
             if job.remaining == 0:

@@ -1,10 +1,12 @@
-"""``ChatBackend`` over any OpenAI-compatible ``/v1/chat/completions`` server.
+"""``ChatBackend`` over any OpenAI-compatible ``/v1/chat/completions`` server, through the official
+``openai`` client.
 
 ``vllm serve``, ``transformers serve`` and hosted APIs all speak it. Images travel as base64 PNG data
 URLs in ``image_url`` content blocks. Requests run concurrently (at most ``max_concurrency`` in flight
-per backend; ``vllm serve`` batches them, ``transformers serve`` queues them), each with a timeout;
-connection failures, 5xx and 429 are retried with exponential backoff (``Retry-After`` honoured); any
-other failure is a ``BackendError`` that names the server and what it said.
+per backend; ``vllm serve`` batches them, ``transformers serve`` queues them). The client owns the
+timeout and the retries (``max_retries``: connection failures, timeouts, 408/409/429 and 5xx, with
+exponential backoff that honours ``Retry-After``); any failure left is a ``BackendError`` that names
+the server and what it said.
 
 Log-probabilities are requested (``logprobs: true``) and recorded when the server returns them; the
 token ids too when it names tokens as ``token_id:N`` (vLLM with ``return_tokens_as_token_ids``, passed
@@ -13,7 +15,7 @@ servers that refuse the field. A reply's ``reasoning_content`` (servers that spl
 off the answer) is put back in front as ``<think>…</think>``, the format the graph's parsers read.
 
 The API key is read from the environment variable named by ``api_key_env`` when the backend is
-built; it lives only in the HTTP client's headers (never logged, never stored with a run).
+built; it lives only in the client (never logged, never stored with a run).
 """
 
 from __future__ import annotations
@@ -24,24 +26,27 @@ import logging
 import os
 import re
 import threading
-import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from cachetools import LRUCache
+
 from graph.protocol import BackendError, ChatRequest, Completion
 
 if TYPE_CHECKING:
-    import httpx
     from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _TOKEN_ID = re.compile(r"token_id:(\d+)")
 _PNG_CACHE_SIZE = 64
+
+
+def _retried(status: int) -> bool:
+    """Whether the ``openai`` client retries a reply with this status (its policy, for our messages)."""
+    return status in (408, 409, 429) or status >= 500
 
 
 class OpenAIBackend:
@@ -60,38 +65,38 @@ class OpenAIBackend:
         timeout_s: float = 120.0,
         max_concurrency: int = 8,
         retries: int = 3,
-        backoff_s: float = 0.5,
-        max_backoff_s: float = 8.0,
         extra_body: Mapping[str, Any] | None = None,
         model_id: str | None = None,
     ) -> None:
         try:
-            import httpx
+            import openai
         except ImportError as exc:
-            raise BackendError("the openai backend needs httpx: pip install 'mmedagent-rl[serve]'") from exc
+            raise BackendError("the openai backend needs openai: pip install 'mmedagent-rl[serve]'") from exc
         if max_concurrency < 1 or retries < 0 or timeout_s <= 0:
             raise ValueError("need max_concurrency >= 1, retries >= 0 and timeout_s > 0")
-        headers = {}
+        key = "EMPTY"  # servers without authentication ignore it (the vLLM convention)
         if api_key_env:
-            key = os.environ.get(api_key_env)
+            key = os.environ.get(api_key_env, "")
             if not key:
                 raise BackendError(f"the API key variable {api_key_env} is not set (or empty)")
-            headers["Authorization"] = f"Bearer {key}"
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self._model_id = model_id or model
-        self._client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+        self._openai = openai
+        self._client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            max_retries=retries,
+            timeout=openai.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
         )
-        self._httpx = httpx
         self.timeout_s, self.retries = timeout_s, retries
-        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.max_concurrency = max_concurrency
         self._extra_body = dict(extra_body or {})
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-        self._png_cache: OrderedDict[int, tuple[weakref.ref[Image.Image], str]] = OrderedDict()
+        # PNG data URL per image object (by id, checked through a weak reference).
+        self._png_cache: LRUCache[int, tuple[weakref.ref[Image.Image], str]] = LRUCache(_PNG_CACHE_SIZE)
         self._png_lock = threading.Lock()
 
     @property
@@ -114,21 +119,6 @@ class OpenAIBackend:
                 self._pool.shutdown(wait=True)
                 self._pool = None
         self._client.close()
-
-    def _body(self, request: ChatRequest) -> dict[str, Any]:
-        sampling = request.sampling
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": self._messages(request),
-            "max_completion_tokens": sampling.max_new_tokens,
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "logprobs": True,
-            "stream": False,
-        }
-        if sampling.seed is not None:
-            body["seed"] = sampling.seed
-        return body | self._extra_body
 
     def _messages(self, request: ChatRequest) -> list[dict[str, Any]]:
         """Our content blocks in OpenAI form: each ``{"type": "image"}`` becomes its image's data URL."""
@@ -160,56 +150,48 @@ class OpenAIBackend:
         """PNG data URL, cached per image object: a case sends the same image in all its calls."""
         with self._png_lock:
             hit = self._png_cache.get(id(image))
-            if hit is not None and hit[0]() is image:
-                self._png_cache.move_to_end(id(image))
-                return hit[1]
+        if hit is not None and hit[0]() is image:
+            return hit[1]
         buffer = io.BytesIO()
         (image if image.mode in ("RGB", "L") else image.convert("RGB")).save(buffer, format="PNG")
         url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
         with self._png_lock:
             self._png_cache[id(image)] = (weakref.ref(image), url)
-            while len(self._png_cache) > _PNG_CACHE_SIZE:
-                self._png_cache.popitem(last=False)
         return url
 
     def _complete(self, request: ChatRequest) -> Completion:
-        body = self._body(request)
-        httpx = self._httpx
-        for attempt in range(self.retries + 1):
-            retry_after: float | None = None
-            try:
-                with self._slots:
-                    started = time.perf_counter()
-                    response = self._client.post(self.url, json=body)
-                    latency = time.perf_counter() - started
-            except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout) as exc:
-                # The server may still be working on it: sending it again would only add load.
-                raise BackendError(f"{self.url}: no answer within {self.timeout_s:g}s ({exc!r})") from exc
-            except httpx.TransportError as exc:
-                problem = f"cannot reach the server ({type(exc).__name__}: {exc})"
-            else:
-                if response.status_code == 200:
-                    return self._completion(response, latency)
-                problem = f"HTTP {response.status_code}: {_snippet(response.text)}"
-                if response.status_code not in RETRY_STATUS:
-                    raise BackendError(f"{self.url} refused the request: {problem}")
-                retry_after = _retry_after(response)
-            if attempt == self.retries:
-                raise BackendError(f"{self.url}: {problem} (gave up after {attempt + 1} attempts)")
-            delay = min(self.max_backoff_s, retry_after or self.backoff_s * 2**attempt)
-            logger.warning(
-                "%s: %s; retry %d/%d in %.2fs", self.url, problem, attempt + 1, self.retries, delay
-            )
-            time.sleep(delay)
-        raise AssertionError("unreachable")
-
-    def _completion(self, response: httpx.Response, latency: float) -> Completion:
+        sampling, openai = request.sampling, self._openai
+        optional = {"seed": sampling.seed} if sampling.seed is not None else {}
+        attempts = f"gave up after {self.retries + 1} attempts"
         try:
-            data = response.json()
-            return parse_chat_completion(data, self._model_id, latency)
+            with self._slots:
+                raw = self._client.chat.completions.with_raw_response.create(
+                    model=self.model,
+                    messages=self._messages(request),  # type: ignore[arg-type]
+                    max_completion_tokens=sampling.max_new_tokens,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    logprobs=True,
+                    extra_body=self._extra_body or None,
+                    **optional,
+                )
+        except openai.APITimeoutError as exc:
+            raise BackendError(f"{self.url}: no answer within {self.timeout_s:g}s ({attempts})") from exc
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            problem = f"cannot reach the server ({type(cause).__name__}: {cause})"
+            raise BackendError(f"{self.url}: {problem} ({attempts})") from exc
+        except openai.APIStatusError as exc:
+            problem = f"HTTP {exc.status_code}: {_snippet(exc.response.text)}"
+            if _retried(exc.status_code):
+                raise BackendError(f"{self.url}: {problem} ({attempts})") from exc
+            raise BackendError(f"{self.url} refused the request: {problem}") from exc
+        reply = raw.http_response
+        try:
+            return parse_chat_completion(reply.json(), self._model_id, raw.elapsed.total_seconds())
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise BackendError(
-                f"{self.url}: unexpected reply ({type(exc).__name__}: {exc}): {_snippet(response.text)}"
+                f"{self.url}: unexpected reply ({type(exc).__name__}: {exc}): {_snippet(reply.text)}"
             ) from exc
 
 
@@ -235,13 +217,6 @@ def parse_chat_completion(data: Mapping[str, Any], model_id: str, latency_s: flo
         completion_tokens=int(usage.get("completion_tokens") or len(entries)),
         latency_s=latency_s,
     )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "")))
-    except ValueError:
-        return None
 
 
 def _snippet(text: str, limit: int = 300) -> str:

@@ -12,9 +12,9 @@ from rich.table import Table
 from app.commands.common import console, fail, load_settings, open_runtime
 from app.runtime import CaseRequest, InputError
 from app.tiny_model import build_tiny_model
+from data.answers import is_correct
 from data.images import ImageError, load_image
 from data.synthetic import generate_cases
-from graph.parse import is_correct
 
 
 def tiny_model(

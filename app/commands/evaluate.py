@@ -1,22 +1,26 @@
-"""``eval``: one mode of the system on a benchmark, and ``eval compare A B`` of two reports."""
+"""``eval``: one mode of the system on a benchmark, ``eval compare A B`` of two reports, and
+``eval rescore EVAL_ID`` (an eval's report rebuilt from its stored runs by the current scorer)."""
 
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from app.commands.common import console, err, fail, load_settings, open_runtime
+from app.commands.common import console, err, fail, load_settings, open_runtime, open_store
+from app.evaluation.report import EvalError, compare_reports, compare_table, report_tables, rescore_note
+from app.evaluation.runner import EvalSpec, evaluate
+from app.evaluation.stored import read_report, rescore, write_report
 from data.benchmarks import BENCHMARK_NAMES, BenchmarkError
-from rl.evaluate import EvalError, EvalSpec, evaluate, read_report, write_report
-from rl.report import compare_reports, compare_table, report_tables
 
 eval_app = typer.Typer(
     invoke_without_command=True,
-    help="Evaluate on a benchmark (every case a stored run; rerun to resume); `eval compare A B`.",
+    help="Evaluate on a benchmark (every case a stored run; rerun to resume); `eval compare A B`; "
+    "`eval rescore EVAL_ID`.",
 )
 
 
@@ -104,16 +108,34 @@ def eval_compare(
     a: Annotated[Path, typer.Argument(help="report.json of A (the reference)")],
     b: Annotated[Path, typer.Argument(help="report.json of B")],
     as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON")] = False,
+    force: Annotated[bool, typer.Option("--force", help="compare reports of other scorer versions")] = False,
 ) -> None:
     """Print B's metrics against A's, with deltas (B − A) and a paired CI on the accuracy delta."""
     try:
         report_a, report_b = read_report(a), read_report(b)
+        cmp = compare_reports(report_a, report_b, force=force)
     except EvalError as exc:
         fail(str(exc))
-    cmp = compare_reports(report_a, report_b)
     if as_json:
         print(json.dumps(cmp, indent=2))
         return
     if report_a["benchmark"] != report_b["benchmark"]:
         err.print(f"note: different benchmarks ({report_a['benchmark']} vs {report_b['benchmark']})")
     console.print(compare_table(cmp))
+
+
+@eval_app.command("rescore")
+def eval_rescore(
+    eval_id: Annotated[str, typer.Argument(help="the eval whose stored runs to score again")],
+    out: Annotated[Path | None, typer.Option(help="report folder; default HOME/evals/EVAL_ID")] = None,
+) -> None:
+    """Rebuild an eval's report from its stored runs with the current answer scorer (no model runs)."""
+    settings = load_settings()
+    with closing(open_store(settings)) as store:
+        try:
+            report, previous = rescore(store, eval_id, out or settings.home / "evals" / eval_id)
+        except EvalError as exc:
+            fail(str(exc))
+    for table in report_tables(report):
+        console.print(table)
+    console.print(rescore_note(report, previous), highlight=False, soft_wrap=True)

@@ -1,16 +1,19 @@
-"""``runs list`` / ``runs show``: inspect stored runs (trajectories)."""
+"""``runs list`` / ``runs show`` / ``runs diff``: inspect stored runs (trajectories)."""
 
 from __future__ import annotations
 
 import json
 from contextlib import closing
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from app.commands.common import console, fail, open_store
-from data.store import run_to_dict
+from app.run_terminal import diff_table, print_run, timeline_table
+from data.run_view import diff_runs, run_report
+from data.run_view import timeline as timeline_bars
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect stored runs (trajectories).")
 
@@ -41,26 +44,43 @@ def runs_list(
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """One run with every step: prompt, completion, parse, tokens, latency."""
+def runs_show(
+    run_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="the model calls on a time axis (waits, batches, tokens)")
+    ] = False,
+) -> None:
+    """One run with every step: completion, parse, tokens, latency, policy version, rewards; the
+    gold answer. ``--json`` adds the exact prompts; ``--timeline`` draws the calls on a time axis."""
     with closing(open_store()) as store:
-        run = store.get_run(run_id)
-        if run is None:
-            fail(f"no run {run_id!r}")
-        data = run_to_dict(run)
+        report = run_report(store, run_id)
+    if report is None:
+        fail(f"no run {run_id!r}")
     if as_json:
-        print(json.dumps(data, indent=2))
-        return
-    console.print(
-        f"[bold]run {data['run_id']}[/bold] {data['status']} {data['error'] or ''}", highlight=False
-    )
-    console.print(f"question: {data['question']}  options: {data['options']}", highlight=False)
-    for st in data["steps"]:
-        who = st["node"] + (f" ({st['specialty']})" if st["specialty"] else "")
-        console.print(
-            f"\n[bold]{who}[/bold] model={st['model_id']} parse={st['parse_status']} "
-            f"tokens={st['prompt_tokens']}+{st['completion_tokens']} {st['latency_s']:.3f}s",
-            highlight=False,
-        )
-        console.print(st["completion"], highlight=False, markup=False)
-    console.print(f"\nanswer: {data['answer']} ({data['answer_status']})", highlight=False)
+        if timeline:
+            report["timeline"] = [bar.as_dict() for bar in timeline_bars(report)]
+        print(json.dumps(report, indent=2))
+    elif timeline:
+        console.print(timeline_table(report, width=max(12, console.width - 110)))
+    else:
+        print_run(console, report)
+
+
+@runs_app.command("diff")
+def runs_diff(
+    run_a: str,
+    run_b: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Two runs side by side (e.g. one case before and after a policy version), differences marked."""
+    with closing(open_store()) as store:
+        a, b = run_report(store, run_a), run_report(store, run_b)
+    for rid, found in ((run_a, a), (run_b, b)):
+        if found is None:
+            fail(f"no run {rid!r}")
+    rows = diff_runs(a, b)
+    if as_json:
+        print(json.dumps({"a": run_a, "b": run_b, "rows": [asdict(r) for r in rows]}, indent=2))
+    else:
+        console.print(diff_table(a, b, rows))

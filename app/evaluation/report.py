@@ -3,7 +3,9 @@
 A report is plain JSON-ready data built from the runs an evaluation stored (:class:`RunRecord`),
 so it depends only on what is in the database: an interrupted and resumed evaluation reports the
 same as an uninterrupted one. Closed questions (options, or a closed yes/no or free-form answer)
-make the accuracy; open questions are reported apart (exact match, token F1, token recall).
+make the accuracy; open questions are reported apart (exact match, token F1, token recall). Every
+answer is compared by :mod:`data.answers`; a report records the version of those rules
+(``scorer_version``), and reports scored by different versions are not compared unless forced.
 
 Difficulty follows the paper's curriculum: s = the fraction of the consulted specialists whose
 answer is right; easy s = 1, medium 0 < s < 1, hard s = 0 (closed questions, modes with
@@ -14,7 +16,6 @@ specialty is among those consulted (in panel).
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +25,23 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from data.answers import SCORER_VERSION, exact_match, is_correct, token_f1, token_recall
 from data.difficulty import LEVELS as DIFFICULTIES
 from data.difficulty import classify
 from data.specialties import SPECIALTIES
-from graph.parse import is_correct
 
 UNLABELLED = "(unlabelled)"
 BOOTSTRAP_RESAMPLES = 2000
-_WORDS = re.compile(r"[a-z0-9]+")
+# Reports written before the scorer was versioned were scored by version 1.
+UNVERSIONED_SCORER = 1
+
+
+class EvalError(ValueError):
+    """The evaluation or a report is mis-specified (unknown mode, unreadable report...)."""
+
+
+class ScorerMismatch(EvalError):
+    """Two reports scored by different versions of the answer-matching rules."""
 
 
 @dataclass(frozen=True)
@@ -66,35 +76,6 @@ class RunRecord:
     meta: Mapping[str, Any]
     error: str | None = None
     steps: Sequence[StepRecord] = field(default_factory=tuple)
-
-
-# --- scoring ------------------------------------------------------------------------------------
-
-
-def _tokens(text: str) -> list[str]:
-    return _WORDS.findall((text or "").lower())
-
-
-def token_f1(prediction: str, gold: str) -> float:
-    """SQuAD-style token F1 between a free-text answer and the gold answer."""
-    pred, ref = _tokens(prediction), _tokens(gold)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not pred or not ref or not common:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def token_recall(prediction: str, gold: str) -> float:
-    """Fraction of the gold answer's tokens that the prediction contains (open-question recall)."""
-    pred, ref = set(_tokens(prediction)), _tokens(gold)
-    return sum(t in pred for t in ref) / len(ref) if ref else 0.0
-
-
-def closed_correct(answer: str | None, gold: str, options: Sequence[str]) -> bool:
-    """Option match (letter, ``b)``, ``Answer: B.``, option text, yes/no), or exact normalised match
-    for a closed question without options."""
-    return bool(answer) and is_correct(answer or "", gold, options)
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -141,7 +122,7 @@ def _difficulty(rec: RunRecord, gold: str) -> tuple[float | None, str | None]:
     opinions = [st for st in rec.steps if st.role == "specialist"]
     if not opinions:
         return None, None
-    s = sum(closed_correct(st.parsed.get("answer"), gold, rec.options) for st in opinions) / len(opinions)
+    s = sum(is_correct(st.parsed.get("answer"), gold, rec.options) for st in opinions) / len(opinions)
     return s, classify(s)
 
 
@@ -166,13 +147,13 @@ def score_run(rec: RunRecord) -> dict[str, Any]:
         "wall_s": rec.wall_s,
     }
     if closed:
-        entry["correct"] = closed_correct(answer, gold, rec.options)
+        entry["correct"] = is_correct(answer, gold, rec.options)
         entry["s"], entry["difficulty"] = _difficulty(rec, gold)
     else:
         text = rec.meta.get("answer_text") or gold
-        entry["exact"] = bool(answer) and _tokens(answer or "") == _tokens(text)
-        entry["f1"] = token_f1(answer or "", text)
-        entry["recall"] = token_recall(answer or "", text)
+        entry["exact"] = exact_match(answer, text)
+        entry["f1"] = token_f1(answer, text)
+        entry["recall"] = token_recall(answer, text)
     triage = next((st for st in rec.steps if st.role == "triage"), None)
     if triage is not None and rec.gold_specialty:
         picks = triage.parsed.get("specialties") or []
@@ -213,6 +194,8 @@ def build_report(
     return {
         **info,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "scorer_version": SCORER_VERSION,
+        "case_ids": list(case_ids),
         "cases": {
             "total": len(case_ids),
             "run": len(per_case),
@@ -294,8 +277,29 @@ def summary_rows(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("model calls / case", _num(cost["model_calls"], 2)),
         ("tokens / case (prompt + completion)", tokens),
         ("wall s / case (model s)", f"{_num(cost['wall_s'], 3)} ({_num(cost['model_s'], 3)})"),
+        ("answer scorer", f"v{scorer_version(report)}"),
     ]
     return rows
+
+
+def rescore_note(report: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
+    """One line on what re-scoring changed: the scorer version and the headline figures."""
+    if previous is None:
+        return (
+            f"re-scored eval {report['eval_id']} with scorer v{scorer_version(report)} (no previous report)"
+        )
+    figures = [("closed accuracy", lambda r: r["accuracy"]["accuracy"])]
+    if report["open"]["n"]:
+        figures += [
+            ("open exact", lambda r: r["open"]["exact"]),
+            ("open token F1", lambda r: r["open"]["token_f1"]),
+            ("open recall", lambda r: r["open"]["recall"]),
+        ]
+    changes = ", ".join(f"{name} {_pct(get(previous))} -> {_pct(get(report))} %" for name, get in figures)
+    return (
+        f"re-scored eval {report['eval_id']}: scorer v{scorer_version(previous)} -> "
+        f"v{scorer_version(report)}; {changes}"
+    )
 
 
 def _breakdowns(report: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -375,9 +379,26 @@ def _closed_hits(report: Mapping[str, Any]) -> dict[str, bool]:
     return {c["case_id"]: c["correct"] for c in report["per_case"] if c["kind"] == "closed"}
 
 
-def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+def scorer_version(report: Mapping[str, Any]) -> int:
+    """The version of the answer-matching rules that scored ``report``."""
+    return int(report.get("scorer_version") or UNVERSIONED_SCORER)
+
+
+def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], *, force: bool = False) -> dict[str, Any]:
     """B against A: each metric of both and the delta (B - A); the accuracy delta gets a paired
-    bootstrap CI over the closed cases both evaluated."""
+    bootstrap CI over the closed cases both evaluated.
+
+    Raises :class:`ScorerMismatch` when the two were scored by different scorer versions (their
+    deltas would measure the scorer, not the systems), unless ``force``.
+    """
+    versions = scorer_version(a), scorer_version(b)
+    if versions[0] != versions[1] and not force:
+        older = a if versions[0] < versions[1] else b
+        raise ScorerMismatch(
+            f"A ({a.get('eval_id')}) was scored by scorer v{versions[0]} and B ({b.get('eval_id')}) by "
+            f"v{versions[1]}: their differences would be the scorer's. Re-score the older one "
+            f"(mmedagent eval rescore {older.get('eval_id')}), or compare anyway with --force."
+        )
     rows: list[dict[str, Any]] = []
 
     def add(metric: str, va: float | None, vb: float | None, *, percent: bool = True) -> None:
@@ -412,6 +433,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any
         "a": {k: a.get(k) for k in ("eval_id", "benchmark", "mode")},
         "b": {k: b.get(k) for k in ("eval_id", "benchmark", "mode")},
         "paired": {"n": len(shared), "delta": _mean(diffs), "ci95": list(ci) if ci else None},
+        "scorer_versions": list(versions),
         "rows": rows,
     }
 
@@ -428,10 +450,14 @@ def compare_table(cmp: Mapping[str, Any]) -> Table:
         fmt = _pct if r["percent"] else _num
         delta = "-" if r["delta"] is None else ("+" if r["delta"] >= 0 else "") + fmt(r["delta"])
         t.add_row(r["metric"] + (" %" if r["percent"] else ""), fmt(r["a"]), fmt(r["b"]), delta)
-    p = cmp["paired"]
+    p, captions = cmp["paired"], []
     if p["n"]:
-        t.caption = (
+        captions.append(
             f"paired closed-accuracy Δ over {p['n']} shared cases: {_pct(p['delta'])} pp, "
             f"95% bootstrap CI {_ci(p['ci95'])}"
         )
+    va, vb = cmp["scorer_versions"]
+    if va != vb:
+        captions.append(f"forced: A scored by scorer v{va}, B by v{vb}")
+    t.caption = "\n".join(captions) or None
     return t

@@ -22,31 +22,26 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
+from app.config import Settings
+from app.evaluation.report import EvalError, build_report
+from app.evaluation.stored import eval_records
+from app.runtime import CaseRequest, InputError, Runtime
 from data.benchmarks import BenchmarkCase, load_benchmark
 from data.images import ImageError
-from data.schema import Run, Step
+from data.schema import Run
 from data.specialties import SPECIALTIES
+from data.store import TrajectoryStore
 from graph.context import GraphMode
-from rl.report import RunRecord, StepRecord, build_report, report_markdown
-
-if TYPE_CHECKING:
-    from app.config import Settings
-    from app.runtime import CaseRequest, Runtime
-    from data.store import TrajectoryStore
+from graph.state import ROLES
 
 log = logging.getLogger(__name__)
 
-ROLES = ("triage", "specialist", "attending")
 _MODE = re.compile(r"^(?:(multi|static|single)|vote-([1-9]\d*))$")
 DEFAULT_VOTE_TEMPERATURE = 1.0
-
-
-class EvalError(ValueError):
-    """The evaluation is mis-specified (unknown mode, specialty...)."""
 
 
 def parse_mode(text: str, specialists: Sequence[str] = ()) -> GraphMode:
@@ -151,8 +146,6 @@ class CaseOutcome:
 
 
 def _request(case: BenchmarkCase, eval_id: str, runtime: Runtime) -> CaseRequest:
-    from app.runtime import CaseRequest
-
     limits = runtime.settings.image_limits()
     return CaseRequest(
         question=case.question,
@@ -175,8 +168,6 @@ def _request(case: BenchmarkCase, eval_id: str, runtime: Runtime) -> CaseRequest
 
 
 def _ask(runtime: Runtime, case: BenchmarkCase, eval_id: str) -> CaseOutcome:
-    from app.runtime import InputError
-
     try:
         req = _request(case, eval_id, runtime)
         runtime.validate(req)
@@ -237,59 +228,6 @@ def run_cases(
     return skipped
 
 
-def eval_records(store: TrajectoryStore, eval_id: str) -> list[RunRecord]:
-    """The stored runs of an eval, with the step fields a report reads (no token ids/logprobs)."""
-    run_cols = (
-        Run.id, Run.case_id, Run.status, Run.created_at, Run.options, Run.gold_answer, Run.gold_specialty,
-        Run.specialties, Run.answer, Run.answer_status, Run.wall_s, Run.meta, Run.error,
-    )  # fmt: skip
-    step_cols = (
-        Step.run_id, Step.node, Step.role, Step.specialty, Step.parsed, Step.parse_status,
-        Step.prompt_tokens, Step.completion_tokens, Step.latency_s,
-    )  # fmt: skip
-    with store.session() as s:
-        runs = s.execute(select(*run_cols).where(Run.eval_id == eval_id)).all()
-        step_rows = s.execute(
-            select(*step_cols)
-            .join(Run, Run.id == Step.run_id)
-            .where(Run.eval_id == eval_id)
-            .order_by(Step.seq)
-        ).all()
-    steps: dict[str, list[StepRecord]] = {}
-    for row in step_rows:
-        steps.setdefault(row.run_id, []).append(
-            StepRecord(
-                node=row.node,
-                role=row.role,
-                specialty=row.specialty,
-                parsed=row.parsed or {},
-                parse_status=row.parse_status,
-                prompt_tokens=row.prompt_tokens or 0,
-                completion_tokens=row.completion_tokens or 0,
-                latency_s=row.latency_s or 0.0,
-            )
-        )
-    return [
-        RunRecord(
-            run_id=r.id,
-            case_id=r.case_id or "",
-            status=r.status,
-            created_at=r.created_at,
-            options=r.options or [],
-            gold_answer=r.gold_answer,
-            gold_specialty=r.gold_specialty,
-            specialties=r.specialties or [],
-            answer=r.answer,
-            answer_status=r.answer_status,
-            wall_s=r.wall_s or 0.0,
-            meta=r.meta or {},
-            error=r.error,
-            steps=tuple(steps.get(r.id, ())),
-        )
-        for r in runs
-    ]
-
-
 def evaluate(
     runtime: Runtime,
     spec: EvalSpec,
@@ -317,25 +255,3 @@ def evaluate(
     return build_report(
         eval_records(runtime.store, eval_id), case_ids=[c.case_id for c in cases], info=info, skipped=skipped
     )
-
-
-def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
-    """Write ``report.json`` and ``report.md`` into ``out_dir``; returns their paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    md_path.write_text(report_markdown(report), encoding="utf-8")
-    return json_path, md_path
-
-
-def read_report(path: Path) -> dict[str, Any]:
-    """A report written by :func:`write_report` (raises :class:`EvalError` with a clear reason)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvalError(f"{path} is not a readable report ({exc})") from None
-    if not isinstance(data, dict) or not {"accuracy", "per_case", "cost"} <= data.keys():
-        raise EvalError(f"{path} is not an evaluation report (no accuracy/per_case/cost)")
-    return data
