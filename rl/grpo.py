@@ -85,6 +85,11 @@ class CurriculumGRPOTrainer(GRPOTrainer):
                 raise ValueError("answer_tokens_only replaces top_entropy_quantile: leave it at 1.0")
             self.top_entropy_quantile = 0.0  # routes TRL's token mask through get_high_entropy_mask
 
+    def resume_in_stage(self, name: str | None) -> None:
+        """A resumed run continues in stage ``name`` (its last trained step's): adaptive entropy then
+        keeps the coefficient restored from the checkpoint until the next stage begins."""
+        self._stage_name = name
+
     def _set_stage(self, inputs: list[dict[str, Any]]) -> Stage:
         """The stage of this generation batch, checked on every process together: its β and γ set."""
         from accelerate.utils import gather_object
@@ -99,15 +104,11 @@ class CurriculumGRPOTrainer(GRPOTrainer):
             )
         stage = self.stages[names.pop()]
         self.beta = stage.beta
-        if stage.name != self._stage_name:
+        if stage.name != self._stage_name or not self.use_adaptive_entropy:
             # each stage starts at its own γ; with TRL's adaptive entropy its controller moves it from
             # there (a run resumed mid-stage keeps the coefficient restored from its checkpoint)
-            resumed_mid_stage = self._stage_name is None and self.state.global_step > 0
-            if not (self.use_adaptive_entropy and resumed_mid_stage):
-                self.entropy_coef = stage.gamma
-            self._stage_name = stage.name
-        elif not self.use_adaptive_entropy:
             self.entropy_coef = stage.gamma
+            self._stage_name = stage.name
         self._stage_by_rank = [per_rank[0] for per_rank in by_rank]
         return stage
 
@@ -407,6 +408,9 @@ def train_grpo(
             every=recipe.eval_steps,
         )
         trainer.add_callback(scorer)
+    if isinstance(recipe.resume_from_checkpoint, str):  # the stage the checkpoint's last step trained
+        done = int(Path(recipe.resume_from_checkpoint).name.rsplit("-", 1)[-1])
+        trainer.resume_in_stage(next((p["stage"] for p in plan if p["first_step"] + p["steps"] > done), None))
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)
     wall = time.perf_counter() - started
