@@ -18,6 +18,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from app.backends.batcher import batching_session
 from app.config import Settings
 from data.images import ImageError, ImageLimits, LoadedImage, image_from_bytes, load_image
+from data.schema import ROLES
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from graph.build import build_graph
 from graph.context import GraphContext, GraphMode
@@ -165,7 +166,7 @@ class Runtime:
             or resolve_policy(
                 self.store, role, self.settings.model_for(role), self.settings.role(role).adapter
             ).id
-            for role in ("triage", "specialist", "attending")
+            for role in ROLES
         }
 
     def close(self) -> None:
@@ -185,7 +186,7 @@ class Runtime:
         return GraphContext(
             backends=self.backends,
             resolve_image=self.resolve_image,
-            sampling={r: s.role(r).sampling() for r in ("triage", "specialist", "attending")},
+            sampling={r: s.role(r).sampling() for r in ROLES},
             n_specialists=s.n_specialists,
             mode=self.mode,
         )

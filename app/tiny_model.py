@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from data.schema import ROLES
 from data.specialties import SPECIALTIES
 
 if TYPE_CHECKING:
@@ -248,7 +249,7 @@ def build_tiny_model(out_dir: str | Path, *, size: Literal["tiny", "small"] = "t
 def ensure_default_model(settings: Settings, announce: Callable[[str], object] = logger.info) -> None:
     """Build the tiny offline checkpoint when a role uses it and it is not there yet."""
     tiny = settings.tiny_model_dir
-    uses_tiny = any(settings.model_for(r) == str(tiny) for r in ("triage", "specialist", "attending"))
+    uses_tiny = any(settings.model_for(r) == str(tiny) for r in ROLES)
     if uses_tiny and not (tiny / "config.json").exists():
         announce(f"building the tiny offline Qwen2.5-VL checkpoint in {tiny} ...")
         build_tiny_model(tiny)

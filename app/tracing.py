@@ -25,6 +25,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
+from data.schema import ROLES
+
 if TYPE_CHECKING:
     from app.config import Settings
     from data.store import RunIn
@@ -275,5 +277,5 @@ def make_tracer(settings: Settings) -> RunTracer | None:
         service_name=cfg.service_name,
         timeout_s=cfg.timeout_s,
         max_queue=cfg.max_queue,
-        providers={r: settings.role(r).backend for r in ("triage", "specialist", "attending")},
+        providers={r: settings.role(r).backend for r in ROLES},
     )

@@ -40,11 +40,11 @@ from app.config import Settings
 from app.runtime import CaseRequest, Runtime
 from app.tiny_model import build_tiny_model
 from data.images import load_image
+from data.schema import ROLES
 from data.store import TrajectoryStore
 from data.synthetic import generate_cases
 from graph import prompts
 from graph.protocol import ChatRequest, Completion, Sampling
-from graph.state import ROLES
 
 PROGRESS = Console(stderr=True)  # transient progress bars, kept out of the printed results
 TARGETS = {"a": ("<=", 0.05), "b": (">=", 2.0), "c": (">=", 3.0), "d": ("<=", 0.02)}

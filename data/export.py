@@ -38,7 +38,8 @@ from sqlalchemy import Row, Select, func, select
 from sqlalchemy.orm import Session
 
 from data.difficulty import LEVELS, Level, level_of, run_scores
-from data.schema import ImageBlob, Reward, Run, Step
+from data.schema import ROLES, ImageBlob, Reward, Run, Step
+from data.store import latest_verdict_ids
 
 if TYPE_CHECKING:
     from datasets import Features
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ROLES = ("triage", "specialist", "attending")
 FORMATS = ("parquet", "jsonl", "hf")
 SHARD_BYTES = 500 * 1024 * 1024  # hf shards close past this much payload (the Hub's usual size)
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
@@ -244,6 +244,13 @@ def _rewards_by_step(s: Session, step_ids: list[int]) -> dict[int, list[Row]]:
     return out
 
 
+def _verdicts(s: Session, run_ids: list[str]) -> dict[int, Row]:
+    """The latest clinician verdict of each run, keyed by the (attending) step it is attached to."""
+    cols = (Reward.step_id, Reward.value, Reward.answer, Reward.note)
+    rows = s.execute(select(*cols).where(Reward.id.in_(latest_verdict_ids(run_ids))))
+    return {r.step_id: r for r in rows if r.step_id is not None}
+
+
 def _opinions(s: Session, run_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """The specialists' opinions per run, in the order they were stored, with their correctness."""
     steps = s.execute(
@@ -287,9 +294,9 @@ def _row(
     rewards: list[Row],
     opinions: list[dict[str, Any]],
     images: dict[str, tuple[str, bytes | None]],
+    verdict: Row | None,
 ) -> dict[str, Any]:
     fmt, acc = _latest(rewards, "format", "gold"), _latest(rewards, "accuracy", "gold")
-    verdict = _latest(rewards, "clinician", "clinician")
     refs = list(st.image_refs or [])
     missing = [sha for sha in refs if sha not in images]
     if missing:
@@ -348,8 +355,12 @@ def iter_batches(
             rewards = _rewards_by_step(s, [st.id for st in part])
             attending = [st.run_id for st in part if st.role == "attending"]
             opinions = _opinions(s, attending) if attending else {}
+            verdicts = _verdicts(s, attending) if attending else {}
             images = _images(s, {sha for st in part for sha in st.image_refs or []})
-            yield [_row(st, rewards.get(st.id, []), opinions.get(st.run_id, []), images) for st in part]
+            yield [
+                _row(st, rewards.get(st.id, []), opinions.get(st.run_id, []), images, verdicts.get(st.id))
+                for st in part
+            ]
 
 
 # --- the writers --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from data.store import TrajectoryStore, run_to_dict
+from data.store import TrajectoryStore, row_to_dict, run_to_dict
 
 
 def run_report(store: TrajectoryStore, run_id: str) -> dict[str, Any] | None:
@@ -20,16 +20,7 @@ def run_report(store: TrajectoryStore, run_id: str) -> dict[str, Any] | None:
     data = run_to_dict(run)
     step_seq = {st.id: st.seq for st in run.steps}
     data["rewards"] = [
-        {
-            "step": step_seq.get(r.step_id),
-            "role": r.role,
-            "kind": r.kind,
-            "value": r.value,
-            "source": r.source,
-            "answer": r.answer,
-            "note": r.note,
-            "created_at": r.created_at.isoformat() if r.created_at else None,
-        }
+        {"step": step_seq.get(r.step_id), **row_to_dict(r, skip=("id", "run_id", "step_id"))}
         for r in store.rewards(run.id)
     ]
     policies: dict[int, dict[str, Any]] = {}

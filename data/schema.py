@@ -8,6 +8,10 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The roles a step is made by, in graph order; the trainable ones are retrained by rl/.
+ROLES = ("triage", "specialist", "attending")
+TRAINABLE_ROLES = ("triage", "attending")
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)

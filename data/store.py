@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, make_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,10 +16,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.schema import Column
 
 from data import migrate
 from data.difficulty import Level, RunDifficulty, level_of, run_scores, specialist_correctness_query
-from data.schema import ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
+from data.schema import Base, ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,30 +39,26 @@ class ImageIn:
     data: bytes
 
 
-@dataclass
-class RunIn:
-    """A finished (or failed) run, ready to persist in one transaction."""
+def _run_in_field(col: Column[Any]) -> tuple[str, Any, Any]:
+    """A ``runs`` column as a RunIn field: required unless the column may be NULL or has a default."""
+    default = col.default
+    if default is None:
+        return col.key, Any, (MISSING if not col.nullable else None)
+    if default.is_callable:
+        return col.key, Any, field(default_factory=lambda: default.arg(None))
+    return col.key, Any, default.arg
 
-    id: str
-    thread_id: str
-    question: str
-    status: str
-    options: list[str] = field(default_factory=list)
-    image_shas: list[str] = field(default_factory=list)
-    error: str | None = None
-    source: str = "cli"
-    case_id: str | None = None
-    gold_answer: str | None = None
-    gold_specialty: str | None = None
-    specialties: list[str] = field(default_factory=list)
-    answer: str | None = None
-    answer_status: str | None = None
-    created_at: datetime | None = None
-    finished_at: datetime | None = None
-    wall_s: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    eval_id: str | None = None
-    mode: str | None = None
+
+RunIn = make_dataclass(
+    "RunIn",
+    [*map(_run_in_field, Run.__table__.columns), ("image_shas", list[str], field(default_factory=list))],
+    kw_only=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "A finished (or failed) run, ready to persist in one transaction: the ``runs`` columns "
+        "(keywords; a new column of ``Run`` is a new field) and its images' sha256s in prompt order.",
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -75,26 +72,8 @@ class RewardIn:
     source: str = "gold"
 
 
-_STEP_FIELDS = (
-    "node",
-    "role",
-    "specialty",
-    "messages",
-    "image_refs",
-    "completion",
-    "parsed",
-    "parse_status",
-    "token_ids",
-    "logprobs",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_s",
-    "wait_s",
-    "batch_id",
-    "batch_size",
-    "model_id",
-    "policy_version_id",
-)
+# The steps columns a step record (graph.state.StepRecord) fills; the store numbers and times it.
+_STEP_FIELDS = [c.key for c in Step.__table__.columns if c.key not in ("id", "run_id", "seq", "started_at")]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -186,27 +165,9 @@ class TrajectoryStore:
 
         def write(s: Session) -> str:
             self._add_images(s, images)
-            row = Run(
-                id=run.id,
-                thread_id=run.thread_id,
-                status=run.status,
-                error=run.error,
-                source=run.source,
-                case_id=run.case_id,
-                question=run.question,
-                options=list(run.options),
-                gold_answer=run.gold_answer,
-                gold_specialty=run.gold_specialty,
-                specialties=list(run.specialties),
-                answer=run.answer,
-                answer_status=run.answer_status,
-                created_at=run.created_at or datetime.now(UTC),
-                finished_at=run.finished_at or datetime.now(UTC),
-                wall_s=run.wall_s,
-                meta=dict(run.meta),
-                eval_id=run.eval_id,
-                mode=run.mode,
-            )
+            row = Run(**{c.key: getattr(run, c.key) for c in Run.__table__.columns})
+            row.created_at = run.created_at or datetime.now(UTC)
+            row.finished_at = run.finished_at or datetime.now(UTC)
             row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
             row.steps = [
                 Step(
@@ -320,6 +281,15 @@ class TrajectoryStore:
 
         return self._write(write)
 
+    def latest_verdicts(self, run_ids: Iterable[str]) -> dict[str, Reward]:
+        """The clinician verdict that counts per run: its latest (a changed verdict wins, history kept)."""
+        ids = list(run_ids)
+        if not ids:
+            return {}
+        with self._sessions() as s:
+            rows = s.scalars(select(Reward).where(Reward.id.in_(latest_verdict_ids(ids))))
+            return {r.run_id: r for r in rows}
+
     def clinician_answers(self) -> dict[str, str]:
         """Run id -> the right answer by the latest clinician verdict on it (latest verdict wins):
         the answer it gives, else the run's own answer when it said right. A latest verdict of
@@ -432,35 +402,26 @@ class TrajectoryStore:
             return list(s.scalars(stmt))
 
 
+def latest_verdict_ids(run_ids: Sequence[str]) -> Select:
+    """Ids of the latest clinician verdict of each run among ``run_ids`` (reward ids grow with time)."""
+    return (
+        select(func.max(Reward.id))
+        .where(Reward.run_id.in_(run_ids), Reward.kind == "clinician", Reward.source == "clinician")
+        .group_by(Reward.run_id)
+    )
+
+
 def run_to_dict(run: Run) -> dict[str, Any]:
     """A run with its steps as plain JSON-ready data."""
     return {
         "run_id": run.id,
-        "thread_id": run.thread_id,
-        "status": run.status,
-        "error": run.error,
-        "source": run.source,
-        "case_id": run.case_id,
-        "created_at": run.created_at.isoformat() if run.created_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "wall_s": run.wall_s,
-        "question": run.question,
-        "options": run.options,
+        **row_to_dict(run, skip=("id",)),
         "images": [ri.sha256 for ri in run.images],
-        "gold_answer": run.gold_answer,
-        "gold_specialty": run.gold_specialty,
-        "specialties": run.specialties,
-        "answer": run.answer,
-        "answer_status": run.answer_status,
-        "meta": run.meta,
-        "eval_id": run.eval_id,
-        "mode": run.mode,
-        "steps": [
-            {
-                "seq": st.seq,
-                "started_at": st.started_at.isoformat() if st.started_at else None,
-                **{k: getattr(st, k) for k in _STEP_FIELDS},
-            }
-            for st in run.steps
-        ],
+        "steps": [row_to_dict(st, skip=("id", "run_id")) for st in run.steps],
     }
+
+
+def row_to_dict(row: Base, *, skip: Container[str] = ()) -> dict[str, Any]:
+    """A row's columns as plain JSON-ready data (datetimes in ISO 8601), but those in ``skip``."""
+    values = {c.key: getattr(row, c.key) for c in row.__table__.columns if c.key not in skip}
+    return {c: v.isoformat() if isinstance(v, datetime) else v for c, v in values.items()}

@@ -7,8 +7,6 @@ from typing import Annotated, Any, TypedDict
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
 
-ROLES = ("triage", "specialist", "attending")
-
 
 def extend_or_reset(left: list[Any] | None, right: list[Any] | None) -> list[Any]:
     """Reducer for per-question lists: parallel writes extend; ``None`` resets (a new question)."""

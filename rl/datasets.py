@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from data.difficulty import classify
 from data.images import image_from_bytes
+from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
 from data.synthetic import SyntheticCase, generate_cases
 from graph import prompts
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-ROLES = ("triage", "attending")
 # Image side of the synthetic learning tasks. At 56 px an image is 4 tokens among ~190 prompt tokens
 # and the tiny model barely sees it (SFT on gold labels: 0.37 held-out after 100 steps); at 112 px
 # it is 16 tokens and the same SFT reaches 1.0.
@@ -280,8 +280,8 @@ def row_images(row: Row) -> list[Image.Image]:
 
 
 def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise DatasetError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role not in TRAINABLE_ROLES:
+        raise DatasetError(f"role must be one of {', '.join(TRAINABLE_ROLES)}, not {role!r}")
 
 
 def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -26,9 +26,9 @@ from app.backends.local import TransformersBackend
 from app.backends.openai import OpenAIBackend, parse_chat_completion
 from app.config import RoleSpec, Settings
 from app.runtime import CaseRequest, Runtime
+from data.schema import ROLES
 from data.synthetic import generate_cases
 from graph.protocol import BackendError, ChatRequest, Sampling
-from graph.state import ROLES
 
 TOKENS = {"triage": 6, "specialist": 10, "attending": 14}
 

@@ -20,9 +20,9 @@ from app.backends.batcher import MicroBatcher, batching_session
 from app.backends.local import TransformersBackend
 from app.config import RoleSpec
 from app.runtime import CaseRequest
+from data.schema import ROLES
 from data.synthetic import generate_cases
 from graph.protocol import BackendError, ChatRequest, Completion, Sampling
-from graph.state import ROLES
 
 SHORT = {
     "triage": RoleSpec(max_new_tokens=6),

@@ -15,12 +15,12 @@ from app.config import RoleSpec, Settings
 from app.run_graph import run_graph_svg
 from app.runtime import CaseRequest, Runtime
 from data.run_view import run_report, timeline
+from data.schema import ROLES
 from data.synthetic import make_case
 from graph.context import GraphMode
 from tests.scripted import ScriptedBackend
 
 runner = CliRunner()
-ROLES = ("triage", "specialist", "attending")
 SMALL = {r: RoleSpec(max_new_tokens=12) for r in ROLES}
 ANSWER_B = "<think>the finding</think><answer>B</answer>"
 

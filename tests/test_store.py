@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -55,6 +57,30 @@ def test_save_and_read_back(store):
     assert d["steps"][0]["messages"] == steps[0]["messages"]
     assert d["images"] == [img.sha256]
     assert store.image_bytes(img.sha256) == img.data
+
+
+def test_every_run_column_round_trips_without_a_field_list(store):
+    """RunIn, save_run and run_to_dict follow the ``runs`` table: each column's value comes back."""
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    values = {
+        "id": "all", "thread_id": "t", "created_at": when, "finished_at": when + timedelta(seconds=2),
+        "status": "error", "error": "Boom", "source": "eval", "case_id": "c7", "question": "q?",
+        "options": ["A", "B"], "gold_answer": "B", "gold_specialty": "Radiologist",
+        "specialties": ["Radiologist"], "answer": "A", "answer_status": "ok", "wall_s": 1.5,
+        "meta": {"kind": "closed"}, "eval_id": "ev", "mode": "single",
+    }  # fmt: skip
+    assert set(values) == {c.key for c in Run.__table__.columns}  # a new column joins this test
+    run = RunIn(**values)
+    assert pickle.loads(pickle.dumps(run)) == run  # a run can cross to another process
+    store.save_run(run, [_step("triage", "triage")], [])
+    d = run_to_dict(store.get_run("all"))
+    expected = {("run_id" if k == "id" else k): v for k, v in values.items()}
+    expected |= {"created_at": when.isoformat(), "finished_at": (when + timedelta(seconds=2)).isoformat()}
+    assert set(d) == {*expected, "images", "steps"}
+    for k in ("created_at", "finished_at"):  # SQLite hands datetimes back without their UTC offset
+        assert d[k].startswith(expected.pop(k).removesuffix("+00:00"))
+    assert {k: d[k] for k in expected} == expected
+    assert set(d["steps"][0]) == {c.key for c in Step.__table__.columns} - {"id", "run_id"}
 
 
 def test_images_are_stored_once(store):

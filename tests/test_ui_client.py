@@ -16,10 +16,12 @@ from gradio_client.exceptions import AuthenticationError
 from PIL import Image
 
 from app.config import RoleSpec, UISettings
+from app.runtime import Runtime
 from data.images import sha256_bytes
 from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
 from tests.test_images import dicom_bytes
+from tests.trajectories import make_runs, scripted_panel
 from tests.ui_server import serving
 
 FAST = {
@@ -111,10 +113,10 @@ def test_bad_file_gets_a_chat_message_and_writes_no_run(runtime, tmp_path):
     good.write_bytes(make_case(1).images[0])
     with serving(runtime) as url:
         client = Client(url, verbose=False)
-        chat, _, status, _ = ask(client, "What is the finding?", [fake]).result(timeout=60)
+        chat, _, status, *_ = ask(client, "What is the finding?", [fake]).result(timeout=60)
         # A bad file among good ones rejects the whole message: nothing half-run.
-        chat2, _, _, _ = ask(client, "What is the finding?", [good, fake]).result(timeout=60)
-        chat3, _, _, _ = ask(client, "And without any image?").result(timeout=60)
+        chat2, *_ = ask(client, "What is the finding?", [good, fake]).result(timeout=60)
+        chat3, *_ = ask(client, "And without any image?").result(timeout=60)
     last = texts(chat)[-1]
     assert "Could not read an image" in last and "xray.png" in last and "not a recognised image" in last
     assert "/tmp" not in last and str(tmp_path) not in " ".join(texts(chat2))
@@ -122,29 +124,6 @@ def test_bad_file_gets_a_chat_message_and_writes_no_run(runtime, tmp_path):
     assert "needs at least one image" in texts(chat3)[-1]
     assert "last run" not in status
     assert runtime.store.list_runs() == []
-
-
-@pytest.mark.slow
-def test_feedback_buttons_append_clinician_reward_rows(runtime, tmp_path):
-    image = tmp_path / "case.png"
-    case = make_case(2)
-    image.write_bytes(case.images[0])
-    with serving(runtime) as url:
-        client = Client(url, verbose=False)
-        note, _ = client.predict("", api_name="/feedback_wrong")
-        assert "Ask a question first" in note
-        _, _, status, _ = ask(client, case.question, [image], "\n".join(case.options)).result(timeout=120)
-        run_id = run_id_of(status)
-        note, cleared = client.predict(case.answer, api_name="/feedback_wrong")
-        client.predict("", api_name="/feedback_correct")
-    assert "wrong" in note and run_id in note and cleared == ""
-    rows = [r for r in runtime.store.rewards(run_id) if r.source == "clinician"]
-    assert [(r.kind, r.value, r.answer) for r in rows] == [
-        ("clinician", 0.0, case.answer),
-        ("clinician", 1.0, None),
-    ]
-    attending = next(st for st in runtime.store.get_run(run_id).steps if st.role == "attending")
-    assert rows[0].step_id == attending.id
 
 
 @pytest.mark.slow
@@ -156,7 +135,7 @@ def test_failed_model_call_is_reported_in_chat_and_stored(make_runtime, tiny_bac
     image = tmp_path / "case.png"
     image.write_bytes(make_case(0).images[0])
     with serving(runtime) as url:
-        chat, _, _, _ = ask(Client(url, verbose=False), "What is it?", [image]).result(timeout=120)
+        chat, _, _, *_ = ask(Client(url, verbose=False), "What is it?", [image]).result(timeout=120)
     (run,) = runtime.store.list_runs()
     assert run.status == "error" and "connection refused" in run.error
     assert [st.role for st in runtime.store.get_run(run.id).steps].count("specialist") == 3
@@ -171,7 +150,7 @@ def test_dicom_upload_runs_a_case_without_storing_patient_data(runtime, tmp_path
     scan = tmp_path / "scan.dcm"
     scan.write_bytes(dicom_bytes(pixels, window=(2000, 4000)))
     with serving(runtime) as url:
-        chat, _, status, _ = ask(Client(url, verbose=False), "Any fracture?", [scan]).result(timeout=120)
+        chat, _, status, *_ = ask(Client(url, verbose=False), "Any fracture?", [scan]).result(timeout=120)
     run = runtime.store.get_run(run_id_of(status))
     stored = runtime.store.image_bytes(run.images[0].sha256)
     assert Image.open(io.BytesIO(stored)).format == "PNG"
@@ -195,7 +174,7 @@ def test_upload_caps_refuse_big_files_and_huge_images(make_runtime, tmp_path):
         with big.open("rb") as f:
             raw = httpx.post(f"{url}/gradio_api/upload", files={"files": ("big.png", f, "image/png")})
         assert raw.status_code == 413
-        chat, _, _, _ = ask(client, "What is it?", [wide]).result(timeout=60)
+        chat, _, _, *_ = ask(client, "What is it?", [wide]).result(timeout=60)
     assert "pixel cap" in texts(chat)[-1] and "wide.png" in texts(chat)[-1]
     assert runtime.store.list_runs() == []
 
@@ -229,3 +208,58 @@ def test_concurrent_first_questions_finish_even_when_one_is_bad(runtime, tmp_pat
     assert "Could not read an image" in texts(bad_chat)[-1]
     (run,) = runtime.store.list_runs()
     assert run.id == run_id_of(ok_out[2])
+
+
+@pytest.mark.slow
+def test_a_waiting_user_sees_their_question_image_and_place_in_line(make_runtime, tmp_path):
+    runtime = make_runtime(ui=UISettings(concurrency=1), **FAST)
+    cases = [make_case(0), make_case(3)]
+    paths = []
+    for i, case in enumerate(cases):
+        paths.append(tmp_path / f"case{i}.png")
+        paths[-1].write_bytes(case.images[0])
+    with serving(runtime) as url:
+        clients = [Client(url, verbose=False), Client(url, verbose=False)]
+        jobs = [
+            ask(c, f"Q{i}: {case.question}", [p])
+            for i, (c, case, p) in enumerate(zip(clients, cases, paths, strict=True))
+        ]
+        finals = [job.result(timeout=240) for job in jobs]
+        streamed = [job.outputs() for job in jobs]
+    waited = []
+    for i, outputs in enumerate(streamed):
+        waiting = [texts(chat) for chat, *_ in outputs if any("in line" in t for t in texts(chat))]
+        if waiting:
+            # While waiting: the question and the image preview are on screen, with the place.
+            chat = next(chat for chat, *_ in outputs if any("in line" in t for t in texts(chat)))
+            assert waiting[0][0].startswith(f"Q{i}: ") and chat[1]["content"][0]["type"] == "file"
+            assert any("**next in line**" in t for said in waiting for t in said)
+            waited.append(i)
+    assert len(waited) == 1  # one slot: exactly one of the two askers waited for the other
+    for out in finals:
+        assert not any("in line" in t for t in texts(out[0]))  # the place gives way to the steps
+        assert any(t.startswith("**Answer:**") for t in texts(out[0]))
+    assert len(runtime.store.list_runs()) == 2
+
+
+def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_case(settings, store):
+    """Behind the locked buttons: the verdict handler itself checks the session."""
+    from ui.chat import ChatController, ChatSession
+
+    first, other = make_runs(settings, store, [2, 1])
+    runtime = Runtime(settings, backends=scripted_panel({}), store=store)
+    try:
+        controller = ChatController(runtime, settings.ui)
+        session = ChatSession(thread_id=first.thread_id, run_ids=[first.run_id], running=True)
+        _, note = controller.verdict(first.run_id, False, "C", session)
+        assert "being answered" in note
+        _, note = controller.verdict(other.run_id, True, None, ChatSession(run_ids=[first.run_id]))
+        assert "not part of the case" in note
+        assert store.latest_verdicts([first.run_id, other.run_id]) == {}
+        session.running = False
+        answers, note = controller.verdict(first.run_id, False, "C", session)
+        assert "Recorded **wrong** (right answer: C)" in note
+        (answer,) = answers
+        assert (answer["run_id"], answer["verdict"], answer["right_answer"]) == (first.run_id, False, "C")
+    finally:
+        runtime.close()

@@ -130,3 +130,38 @@ def test_export_download_is_one_file_per_click(store, runs, tmp_path):
     assert len(lines) == 6
     assert any("/images/" in n and n.endswith(".png") for n in names)
     assert not [p for p in tmp_path.glob("export-*/*") if p.is_dir()]  # only the download remains
+
+
+def test_traces_groups_runs_by_case_shows_questions_and_explains_bad_dates(db_settings, store):
+    from app.runtime import CaseRequest, Runtime
+    from data.images import load_image
+    from data.synthetic import make_case
+    from tests.trajectories import scripted_panel
+    from ui.traces import RUN_COLUMNS, FilterError, run_filter, run_rows
+
+    case = make_case(0)
+    questions = ["First question", "Follow-up question", "Another case"]
+    runtime = Runtime(db_settings, backends=scripted_panel({q: ("A", 1) for q in questions}), store=store)
+    try:
+        image = [load_image(case.images[0])]
+        first = runtime.ask(CaseRequest(question=questions[0], images=image, source="test"))
+        other = runtime.ask(CaseRequest(question=questions[2], images=image, source="test"))
+        follow = runtime.ask(
+            CaseRequest(question=questions[1], images=image, source="test", thread_id=first.thread_id)
+        )
+    finally:
+        runtime.close()
+    rows = run_rows(store, run_filter("any", "any", "", "", "any"))
+    col = {name: i for i, name in enumerate(RUN_COLUMNS)}
+    # The newest case first; within a case its turns in order, side by side.
+    assert [r[col["run"]] for r in rows] == [first.run_id, follow.run_id, other.run_id]
+    assert [r[col["question"]] for r in rows] == questions
+    assert [r[col["case"]] for r in rows] == [
+        f"{first.thread_id[:8]} · 1/2",
+        f"{first.thread_id[:8]} · 2/2",
+        f"{other.thread_id[:8]} · 1/1",
+    ]
+    with pytest.raises(FilterError, match="'24/11/2026' is not a date; write it like 2026-11-24"):
+        run_filter("any", "any", "24/11/2026", "", "any")
+    with pytest.raises(FilterError, match="is before"):
+        run_filter("any", "any", "2026-11-24", "2026-11-20", "any")

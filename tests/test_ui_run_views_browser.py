@@ -11,6 +11,7 @@ from playwright.sync_api import sync_playwright
 
 from app.config import RoleSpec, Settings
 from app.runtime import CaseRequest, Runtime
+from data.schema import ROLES
 from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
 from tests.ui_server import serving
@@ -19,7 +20,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
-ROLES = ("triage", "specialist", "attending")
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ unless a login is configured, uploads capped at ``max_image_bytes``, errors with
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
-from ui.chat import build_chat_tab
-from ui.safety import DISCLAIMER, check_bind
+from ui.chat import RECENT_CASES_JS, build_chat_tab
+from ui.safety import DISCLAIMER, RefusedFilesAreNotFound, check_bind
 from ui.traces import build_traces_tab
 from ui.trajectories import build_trajectories_tab
 
@@ -24,13 +25,23 @@ log = logging.getLogger(__name__)
 
 CSS = """
 #disclaimer { border-left: 4px solid #d97706; padding: 0.2em 0.9em; background: rgba(217, 119, 6, 0.08); }
+.inline-error { color: #b91c1c; }
+@media (max-width: 700px) {
+  /* Narrow screens: rows of controls stack instead of squeezing side by side. */
+  .gradio-container .row { flex-direction: column !important; align-items: stretch !important; }
+  .gradio-container .row > * { min-width: 0 !important; width: 100% !important; flex: 1 1 auto !important; }
+  .gradio-container .row > button { width: 100% !important; }
+  .gradio-container .table-wrap, .gradio-container .table-container { overflow-x: auto; }
+}
 """
 
 
 def build_app(runtime: Runtime) -> gr.Blocks:
     """The whole app on one runtime (its store, backends and graph); one session per browser tab."""
-    # delete_cache: uploads and served files older than a day leave Gradio's cache (checked hourly).
-    with gr.Blocks(title="mmedagent", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+    # Uploads leave Gradio's cache as soon as the chat has read them (ui/uploads.py), or on New case;
+    # delete_cache drops, every 10 minutes, files older than an hour: uploads attached but never
+    # sent, and served previews and exports (a reopened case serves its images again).
+    with gr.Blocks(title="mmedagent", analytics_enabled=False, delete_cache=(600, 3600)) as demo:
         gr.Markdown("# mmedagent · multi-agent medical image Q&A")
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Tabs() as tabs:
@@ -43,6 +54,16 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         private = {"api_visibility": "private"}
         traces_tab.select(traces.search, traces.search_inputs, traces.search_outputs, **private)
         traj_tab.select(trajectories.refresh, None, trajectories.refresh_outputs, **private)
+        demo.load(chat.open_from_url, None, chat.case_outputs, **private)
+        demo.load(chat.recent_choices, chat.recent_json, chat.recent, js=RECENT_CASES_JS, **private)
+
+        def open_in_chat(run_id: str) -> tuple[Any, ...]:
+            run = runtime.store.get_run((run_id or "").strip())
+            if run is None:
+                return gr.skip(), *(gr.skip() for _ in chat.case_outputs)
+            return gr.Tabs(selected="chat"), *chat.open_case(run.thread_id)
+
+        traces.open_case.click(open_in_chat, traces.run_id, [tabs, *chat.case_outputs], **private)
         chat.open_trace.click(
             lambda session: (gr.Tabs(selected="traces"), session.last_run_id or ""),
             chat.session,
@@ -89,5 +110,6 @@ def launch(
         prevent_thread_lock=not block,
         quiet=quiet,
         css=CSS,
+        app_kwargs={"middleware": [Middleware(RefusedFilesAreNotFound)]},
     )
     return demo.local_url or f"http://{host}:{port}/"

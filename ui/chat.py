@@ -3,25 +3,34 @@
 One browser session is one :class:`ChatSession` (a ``gr.State``, so concurrent users never share
 a case). A case is a LangGraph thread: follow-up questions reuse it, and the images, until
 "New case". The graph runs in a worker thread; its custom stream events are turned into chat
-messages as they arrive (:class:`Transcript`).
+messages as they arrive (:class:`Transcript`). A case has a URL (``?case=<id>``) that reopens it,
+turns, images and verdicts, from the store; each answer gets its own verdict row.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from app.feedback import FeedbackError, record_verdict
 from app.runtime import CaseRequest, CaseResult, InputError
 from data.images import ImageError, LoadedImage, encode_png, load_image
+from data.store import run_to_dict
+from ui.case_queue import CaseQueue
+from ui.queries import case_runs
 from ui.safety import redact_paths
+from ui.uploads import Upload, check_content, take_uploads
+from ui.viewer import build_viewer, show, window_views
 
 if TYPE_CHECKING:
     from app.config import UISettings
@@ -29,20 +38,42 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FILE_TYPES = ["image", ".dcm", ".dicom"]
 RAW_EXCERPT_CHARS = 600  # of a completion shown when nothing could be parsed from it
 Message = dict[str, Any]
+CASE_OUTPUTS = 12  # what a handler that (re)opens a case returns: see ChatController._outputs
+
+# Keeps the page's address on the open case (a reload reopens it) and remembers recent cases.
+CASE_URL_JS = """
+(caseId) => {
+  const url = new URL(window.location.href);
+  if (caseId) { url.searchParams.set("case", caseId); } else { url.searchParams.delete("case"); }
+  window.history.replaceState(null, "", url);
+  if (caseId) {
+    const key = "mmedagent-recent-cases";
+    const recent = JSON.parse(window.localStorage.getItem(key) || "[]").filter((c) => c !== caseId);
+    window.localStorage.setItem(key, JSON.stringify([caseId, ...recent].slice(0, 10)));
+  }
+  return [];
+}
+"""
+RECENT_CASES_JS = "() => window.localStorage.getItem('mmedagent-recent-cases') || '[]'"
 
 
 @dataclass
 class ChatSession:
-    """One user's case: its LangGraph thread, images, transcript and newest run."""
+    """One user's case: its LangGraph thread, images, transcript and runs."""
 
     thread_id: str | None = None
     images: list[LoadedImage] = field(default_factory=list)
     history: list[Message] = field(default_factory=list)
-    last_run_id: str | None = None
-    questions: int = 0
+    run_ids: list[str] = field(default_factory=list)
+    running: bool = False
+    # Window/level renderings of DICOM uploads for the viewer (memory only), by image sha.
+    windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def last_run_id(self) -> str | None:
+        return self.run_ids[-1] if self.run_ids else None
 
 
 def _thought(title: str, content: str, *, status: str, duration: float | None = None) -> Message:
@@ -65,11 +96,27 @@ def _parse_note(record: dict[str, Any], *, raw: bool = True) -> str:
     return note
 
 
-class Transcript:
-    """The assistant messages of one question, rebuilt from the graph's stream events."""
+def model_label(model_id: str | None) -> str:
+    """A model as the page names it: a hub id as is, a local folder by its name only."""
+    text = redact_paths(model_id or "") or "unknown model"
+    return text.removeprefix("…/")
 
-    def __init__(self) -> None:
+
+def answer_credit(record: dict[str, Any], policy_id: int | None) -> str:
+    """Who gave an answer: the attending's model and policy version."""
+    policy = f"policy v{policy_id}" if policy_id is not None else "no policy version"
+    return f"attending: {model_label(record.get('model_id'))} · {policy}"
+
+
+class Transcript:
+    """The assistant messages of one question, rebuilt from the graph's stream events.
+
+    ``policy_ids`` names the policy version each role serves (live runs); stored steps carry theirs.
+    """
+
+    def __init__(self, policy_ids: dict[str, int] | None = None) -> None:
         self.messages: list[Message] = []
+        self.policy_ids = policy_ids or {}
         self._open: dict[tuple[str, str | None], int] = {}  # (node, specialty) -> pending message
 
     def _start(self, key: tuple[str, str | None], message: Message) -> None:
@@ -135,7 +182,14 @@ class Transcript:
             answer = (parsed.get("answer") or "").strip() or "_(no answer given)_"
             option = f" (option {parsed['option']})" if parsed.get("option") else ""
             short = _parse_note(record, raw=False)
-            self.messages.append({"role": "assistant", "content": f"**Answer:** {answer}{option}{short}"})
+            policy = record.get("policy_version_id", self.policy_ids.get(record.get("role", "attending")))
+            credit = answer_credit(record, policy)
+            self.messages.append(
+                {
+                    "role": "assistant",
+                    "content": f"**Answer:** {answer}{option}{short}\n\n<sub>{credit}</sub>",
+                }
+            )
 
     def _run_finished(self, event: dict[str, Any]) -> None:
         for key, index in list(self._open.items()):  # steps a failure cut short
@@ -160,14 +214,46 @@ def parse_options(text: str | None) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
+def question_bubble(question: str, options: list[str]) -> Message:
+    """The user's message: the question, and the options it was asked with."""
+    body = question or "(no question)"
+    if options:
+        body += "\n\n**Options:**\n" + "\n".join(f"- {o}" for o in options)
+    return {"role": "user", "content": body}
+
+
+def _waiting(place: int) -> Message:
+    ahead = "next in line" if place == 1 else f"number {place} in line"
+    return {
+        "role": "assistant",
+        "content": f"⏳ All case slots are busy: your question is **{ahead}** and starts by itself.",
+    }
+
+
+def _error(text: str) -> Message:
+    return {"role": "assistant", "content": f"⚠️ {text}"}
+
+
+def case_status(session: ChatSession) -> str:
+    if session.last_run_id is None:
+        return "New case: attach image(s), type a question, press Enter."
+    return (
+        f"Case `{session.thread_id}` · {len(session.run_ids)} question(s) · last run `{session.last_run_id}` "
+        "· follow-up questions continue this case"
+    )
+
+
 class ChatController:
     """The chat tab's event handlers, bound to one runtime."""
 
     def __init__(self, runtime: Runtime, ui: UISettings):
         self.runtime = runtime
         self.ui = ui
+        self.queue = CaseQueue(ui.concurrency)
         # Previews of uploads as normalised PNGs (DICOM has no browser preview); paths never shown.
         self._previews = Path(tempfile.mkdtemp(prefix="mmedagent-ui-"))
+
+    # --- images -------------------------------------------------------------------------------
 
     def _preview(self, image: LoadedImage) -> Message:
         path = self._previews / f"{image.sha256}.png"
@@ -175,12 +261,15 @@ class ChatController:
             path.write_bytes(encode_png(image.image))
         return {"role": "user", "content": {"path": str(path), "alt_text": "uploaded image"}}
 
-    def _load(self, files: list[str]) -> list[LoadedImage]:
-        if len(files) > self.ui.max_images:
-            raise ImageError(f"{len(files)} images attached; the limit is {self.ui.max_images} per message")
+    def _load(self, uploads: list[Upload]) -> list[LoadedImage]:
+        if len(uploads) > self.ui.max_images:
+            raise ImageError(f"{len(uploads)} images attached; the limit is {self.ui.max_images} per message")
         limits = self.runtime.settings.image_limits()
-        # Gradio keeps each upload under its original file name; only that name reaches messages.
-        return [load_image(Path(f).read_bytes(), name=Path(f).name, limits=limits) for f in files]
+        for upload in uploads:
+            check_content(upload)
+        return [load_image(u.data, name=u.name, limits=limits) for u in uploads]
+
+    # --- asking -------------------------------------------------------------------------------
 
     def _events(self, req: CaseRequest) -> Iterator[dict[str, Any] | CaseResult]:
         """Run the case in a worker thread and yield its stream events, then its result."""
@@ -206,160 +295,363 @@ class ChatController:
     def respond(
         self, message: dict[str, Any] | None, options_text: str | None, session: ChatSession
     ) -> Iterator[tuple[Any, ...]]:
-        """Handle one question: stream the agents' steps into the chat as they happen."""
+        """Handle one question: show it at once, wait for a free slot, stream the agents' steps."""
         text = ((message or {}).get("text") or "").strip()
-        files = list((message or {}).get("files") or [])
+        # Read into memory and deleted from the upload cache before anything else, refused or not.
+        uploads, unreadable = take_uploads(list((message or {}).get("files") or []))
+        options = parse_options(options_text)
         history = session.history
-        try:
-            images = self._load(files)
-        except (ImageError, OSError) as exc:
-            history.append({"role": "user", "content": text or "(no question)"})
-            history += [{"role": "user", "content": f"attached file: {Path(f).name}"} for f in files]
-            history.append(_error(f"Could not read an image: {redact_paths(str(exc))}"))
-            yield self._outputs(session, idle=True)
+        if session.running:  # a second submit from the same tab while its case runs
+            history.append(_error("Wait for the current answer before asking the next question."))
+            yield self._outputs(session, busy=True)  # the running case still owns the controls
             return
-        history.append({"role": "user", "content": text or "(no question)"})
+        try:
+            if unreadable:
+                raise ImageError(unreadable[0])
+            images = self._load(uploads)
+        except ImageError as exc:
+            history.append(question_bubble(text, options))
+            history += [{"role": "user", "content": f"attached file: {u.name}"} for u in uploads]
+            history.append(_error(f"Could not read an image: {redact_paths(str(exc))}"))
+            yield self._outputs(session)
+            return
+        history.append(question_bubble(text, options))
         history += [self._preview(img) for img in images]
         if images:  # new images replace the case's; a follow-up without any reuses them
             session.images = images
+            views = {img.sha256: window_views(u, img) for u, img in zip(uploads, images, strict=True)}
+            session.windows = {sha: v for sha, v in views.items() if v}
         req = CaseRequest(
-            question=text,
-            images=session.images,
-            options=parse_options(options_text),
-            source="ui",
-            thread_id=session.thread_id,
+            question=text, images=session.images, options=options, source="ui", thread_id=session.thread_id
         )
         try:
             self.runtime.validate(req)
         except InputError as exc:
             hint = " Attach an image (PNG, JPEG or DICOM)." if not session.images else ""
             history.append(_error(f"{str(exc).capitalize()}.{hint}"))
-            yield self._outputs(session, idle=True)
+            yield self._outputs(session)
             return
+        session.running = True
         # The options belonged to this question; a follow-up brings its own (or none).
-        yield self._outputs(session, idle=False, clear_options=True)
+        yield self._outputs(session, clear_options=True, busy=True)
+        ticket = self.queue.enter()
+        try:
+            start = len(history)
+            while place := self.queue.place(ticket):
+                history[start:] = [_waiting(place)]
+                yield self._outputs(session, busy=True)
+                self.queue.wait()
+            del history[start:]
+            transcript = Transcript(self.runtime.policy_ids)
+            for item in self._events(req):
+                if isinstance(item, CaseResult):
+                    session.thread_id = item.thread_id
+                    session.run_ids.append(item.run_id)
+                elif isinstance(item, Exception):
+                    problem = (
+                        str(item)
+                        if isinstance(item, InputError)
+                        else "an internal error (see the server log)"
+                    )
+                    transcript.messages.append(
+                        _error(f"The case could not be run: {problem}. Nothing was stored.")
+                    )
+                else:
+                    transcript.on_event(item)
+                history[start:] = transcript.messages
+                yield self._outputs(session, busy=True)
+        finally:
+            self.queue.leave(ticket)
+            session.running = False
+        yield self._outputs(session, busy=False)
 
-        transcript = Transcript()
-        start = len(history)
-        for item in self._events(req):
-            if isinstance(item, CaseResult):
-                session.thread_id, session.last_run_id = item.thread_id, item.run_id
-                session.questions += 1
-            elif isinstance(item, Exception):
-                problem = (
-                    str(item) if isinstance(item, InputError) else "an internal error (see the server log)"
-                )
-                transcript.messages.append(
-                    _error(f"The case could not be run: {problem}. Nothing was stored.")
-                )
-            else:
-                transcript.on_event(item)
-            history[start:] = transcript.messages
-            yield self._outputs(session, idle=False)
-        yield self._outputs(session, idle=True)
-
-    def _outputs(self, session: ChatSession, *, idle: bool, clear_options: bool = False) -> tuple[Any, ...]:
-        box = gr.MultimodalTextbox(value=None, interactive=idle)
+    def _outputs(
+        self, session: ChatSession, *, clear_options: bool = False, busy: bool = False
+    ) -> tuple[Any, ...]:
+        """chatbot, input box, session, status line, options, answers, busy, case id, viewer (3)."""
+        box = gr.MultimodalTextbox(value=None, interactive=not busy)
         options = "" if clear_options else gr.skip()
-        return list(session.history), box, session, case_status(session), options
+        answers = gr.skip() if busy else self.answers(session)
+        return (
+            list(session.history),
+            box,
+            session,
+            case_status(session),
+            options,
+            answers,
+            busy,
+            session.thread_id or "",
+            *(show(session.images, session.windows) if not busy or clear_options else (gr.skip(),) * 3),
+        )
 
-    def feedback(self, correct: bool, right_answer: str | None, session: ChatSession) -> tuple[str, str]:
-        """Store a clinician's verdict on the newest run's answer as a reward row."""
-        if session.last_run_id is None:
-            return "Ask a question first: feedback applies to the newest answer.", right_answer or ""
-        answer = (right_answer or "").strip() or None
-        self.runtime.store.add_feedback(session.last_run_id, correct=correct, answer=answer)
+    # --- verdicts -----------------------------------------------------------------------------
+
+    def answers(self, session: ChatSession) -> list[dict[str, Any]]:
+        """One entry per answered question of the case, with the verdict that counts now."""
+        store = self.runtime.store
+        verdicts = store.latest_verdicts(session.run_ids)
+        out = []
+        for n, run_id in enumerate(session.run_ids, start=1):
+            run = store.get_run(run_id)
+            if run is None:
+                continue
+            attending = next((st for st in run.steps if st.role == "attending"), None)
+            verdict = verdicts.get(run_id)
+            out.append(
+                {
+                    "n": n,
+                    "run_id": run_id,
+                    "question": run.question,
+                    "answer": run.answer or "",
+                    "status": run.status,
+                    "credit": answer_credit({"model_id": attending.model_id}, attending.policy_version_id)
+                    if attending
+                    else "",
+                    "verdict": None if verdict is None else verdict.value >= 1.0,
+                    "right_answer": verdict.answer if verdict else None,
+                }
+            )
+        return out
+
+    def verdict(
+        self, run_id: str, correct: bool, right_answer: str | None, session: ChatSession
+    ) -> tuple[Any, ...]:
+        """Record a clinician's verdict on one answer of the case (the latest one counts)."""
+        if session.running:
+            return gr.skip(), "⏳ A question is being answered: give verdicts once it has finished."
+        if run_id not in session.run_ids:
+            return gr.skip(), "⚠️ That answer is not part of the case on screen."
+        try:
+            record_verdict(
+                self.runtime.store, run_id, correct=correct, answer=None if correct else right_answer
+            )
+        except FeedbackError as exc:
+            return gr.skip(), f"⚠️ {exc}"
+        n = session.run_ids.index(run_id) + 1
+        extra = (
+            f" (right answer: {right_answer.strip()})" if not correct and (right_answer or "").strip() else ""
+        )
         verdict = "correct" if correct else "wrong"
-        extra = f" (right answer: {answer})" if answer else ""
-        return f"Recorded **{verdict}**{extra} for run `{session.last_run_id}`. Thank you.", ""
+        note = f"Recorded **{verdict}**{extra} for answer {n} (run `{run_id}`). Thank you."
+        return self.answers(session), note
 
-    @staticmethod
-    def new_case() -> tuple[Any, ...]:
+    # --- cases --------------------------------------------------------------------------------
+
+    def new_case(self, message: dict[str, Any] | None = None) -> tuple[Any, ...]:
+        """A fresh case; files attached but never sent leave the upload cache now."""
+        take_uploads(list((message or {}).get("files") or []))
         session = ChatSession()
-        return [], gr.MultimodalTextbox(value=None, interactive=True), session, case_status(session), ""
+        return (*self._outputs(session, clear_options=True), "")
 
+    def open_case(self, thread_id: str | None) -> tuple[Any, ...]:
+        """Reopen a stored case: its turns, images and verdicts; follow-ups continue it."""
+        thread_id = (thread_id or "").strip()
+        runs = case_runs(self.runtime.store, thread_id) if thread_id else []
+        session = ChatSession()
+        if not runs:
+            note = f"⚠️ No stored case `{thread_id}`; starting a new one." if thread_id else ""
+            return (*self._outputs(session, clear_options=True), note)
+        session.thread_id = thread_id
+        shown: list[str] = []
+        missing = False
+        for run in runs:
+            data = run_to_dict(run)
+            session.history.append(question_bubble(data["question"], list(data["options"] or [])))
+            if data["images"] != shown:
+                shown = data["images"]
+                loaded = self._stored_images(shown)
+                missing = missing or len(loaded) < len(shown)
+                session.history += [self._preview(img) for img in loaded]
+                session.images = loaded
+            transcript = Transcript()
+            for st in data["steps"]:
+                transcript.on_event({"event": "step_finished", "record": st})
+            transcript.on_event({"event": "run_finished", **data})
+            session.history += transcript.messages
+            session.run_ids.append(run.id)
+        note = "Case reopened."
+        if missing:
+            session.images = []
+            note += " Its images are stored as hashes only: attach them again to ask a follow-up."
+        return (*self._outputs(session, clear_options=True), note)
 
-def _error(text: str) -> Message:
-    return {"role": "assistant", "content": f"⚠️ {text}"}
+    def _stored_images(self, shas: list[str]) -> list[LoadedImage]:
+        limits = self.runtime.settings.image_limits()
+        out = []
+        for sha in shas:
+            data = self.runtime.store.image_bytes(sha)
+            if data is not None:
+                out.append(load_image(data, name=f"image {sha[:12]}", limits=limits))
+        return out
 
+    def open_from_url(self, request: gr.Request) -> tuple[Any, ...]:
+        """On page load: reopen the case the address names (``?case=``), if any."""
+        case = (request.query_params.get("case") if request else None) or ""
+        if not case:
+            return tuple(gr.skip() for _ in range(CASE_OUTPUTS))
+        return self.open_case(case)
 
-def case_status(session: ChatSession) -> str:
-    if session.last_run_id is None:
-        return "New case: attach image(s), type a question, press Enter."
-    return (
-        f"Case `{session.thread_id}` · {session.questions} question(s) · last run `{session.last_run_id}` "
-        "· follow-up questions continue this case"
-    )
+    def recent_choices(self, recent_json: str | None) -> Any:
+        """The recent cases this browser remembers, named by their first question (known ones only)."""
+        try:
+            recent = [c for c in json.loads(recent_json or "[]") if isinstance(c, str)]
+        except ValueError:
+            recent = []
+        choices = []
+        for case in recent[:10]:
+            first = self.runtime.store.get_run(case)  # a case's id is its first run's id
+            if first is not None:
+                choices.append((f"{first.question[:60]} · {case[:8]}", case))
+        return gr.Dropdown(choices=choices, value=None, visible=bool(choices))
 
 
 @dataclass
 class ChatTab:
-    """The components other tabs wire to."""
+    """The components and handlers other tabs and the page wire to."""
 
     session: gr.State
     open_trace: gr.Button
+    case_outputs: list[Any]
+    open_case: Any
+    open_from_url: Any
+    recent: gr.Dropdown
+    recent_json: gr.Textbox
+    recent_choices: Any
+
+
+def _verdict_row(
+    controller: ChatController, item: dict[str, Any], busy: bool, session: gr.State, outputs
+) -> None:
+    """One answer's verdict controls: ✓ Correct, ✗ Wrong with an optional right answer, copy."""
+    n = item["n"]
+    if item["verdict"] is None:
+        current = "no verdict yet"
+    else:
+        current = "marked **correct**" if item["verdict"] else "marked **wrong**"
+        if item["right_answer"]:
+            current += f" (right answer: {item['right_answer']})"
+    with gr.Row(equal_height=True, elem_id=f"verdict-{n}", elem_classes=["verdict-row"]):
+        gr.Markdown(
+            f"**Answer {n}:** {item['answer'] or '—'}  \n<sub>{item['credit']} · {current}</sub>",
+            elem_classes=["verdict-text"],
+        )
+        ok = gr.Button(
+            "✓ Correct",
+            size="sm",
+            scale=0,
+            min_width=100,
+            interactive=not busy,
+            elem_classes=["verdict-correct"],
+        )
+        bad = gr.Button(
+            "✗ Wrong",
+            size="sm",
+            scale=0,
+            min_width=100,
+            variant="stop",
+            interactive=not busy,
+            elem_classes=["verdict-wrong"],
+        )
+        right = gr.Textbox(
+            show_label=False,
+            container=False,
+            placeholder="right answer (optional, with ✗ Wrong)",
+            interactive=not busy,
+            elem_classes=["verdict-answer"],
+            scale=2,
+        )
+        copy = gr.Button("Copy answer", size="sm", scale=0, min_width=110, elem_classes=["copy-answer"])
+    private = {"api_visibility": "private"}
+    ok.click(lambda s: controller.verdict(item["run_id"], True, None, s), session, outputs, **private)
+    bad.click(partial(controller.verdict, item["run_id"], False), [right, session], outputs, **private)
+    copy.click(None, None, None, js=f"() => navigator.clipboard.writeText({json.dumps(item['answer'])})")
 
 
 def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
     """Render the chat tab's components inside the current ``gr.Tab``."""
     controller = ChatController(runtime, ui)
     session = gr.State(ChatSession())
-    chatbot = gr.Chatbot(
-        label="Case",
-        height=520,
-        elem_id="case-chat",
-        feedback_options=None,
-        buttons=["copy"],
-        placeholder="Attach one or more images (PNG, JPEG or DICOM), type a question, press Enter.",
-    )
-    box = gr.MultimodalTextbox(
-        elem_id="case-input",
-        file_types=FILE_TYPES,
-        file_count="multiple",
-        placeholder="Question about the image(s)… (follow-up questions continue the case)",
-        show_label=False,
-        autofocus=True,
-    )
-    options = gr.Textbox(
-        label="Options (optional, one per line)",
-        placeholder="A) Normal\nB) Pulmonary nodule\nC) Fracture",
-        lines=3,
-        elem_id="case-options",
-    )
-    status = gr.Markdown(case_status(ChatSession()), elem_id="case-status")
-    with gr.Row(equal_height=True):
-        correct = gr.Button("✓ Correct", elem_id="fb-correct", size="md", scale=0, min_width=110)
-        wrong = gr.Button("✗ Wrong", elem_id="fb-wrong", variant="stop", size="md", scale=0, min_width=110)
-        right = gr.Textbox(
-            show_label=False,
-            container=False,
-            placeholder="the right answer (optional, sent with ✗ Wrong)",
-            elem_id="fb-answer",
-            scale=3,
-        )
+    answers = gr.State([])
+    busy = gr.State(False)
+    with gr.Row(elem_id="chat-layout"):
+        with gr.Column(scale=3, min_width=300):
+            chatbot = gr.Chatbot(
+                label="Case",
+                height=520,
+                elem_id="case-chat",
+                feedback_options=None,
+                buttons=[],
+                placeholder="Attach one or more images (PNG, JPEG, TIFF, BMP, WebP or DICOM), "
+                "type a question, press Enter.",
+            )
+            box = gr.MultimodalTextbox(
+                elem_id="case-input",
+                file_types=None,  # any name: uploads are checked by their content
+                file_count="multiple",
+                placeholder="Question about the image(s)… (follow-up questions continue the case)",
+                show_label=False,
+                autofocus=True,
+            )
+            options = gr.Textbox(
+                label="Options (optional, one per line)",
+                placeholder="leave empty for an open question; e.g. A) Normal",
+                lines=3,
+                elem_id="case-options",
+            )
+            status = gr.Markdown(case_status(ChatSession()), elem_id="case-status")
+        with gr.Column(scale=2, min_width=280):
+            viewer = build_viewer()
+    gr.Markdown("#### Verdicts on the answers (the latest verdict on an answer counts)")
+    note = gr.Markdown(elem_id="fb-status")
+    verdict_outputs = [answers, note]
+
+    @gr.render(inputs=[answers, busy])
+    def _verdicts(items: list[dict[str, Any]], is_busy: bool) -> None:
+        if not items:
+            gr.Markdown("_No answers yet._", elem_id="verdicts-empty")
+        for item in items:
+            _verdict_row(controller, item, is_busy, session, verdict_outputs)
+
+    with gr.Row():
         open_trace = gr.Button("Open in Traces", elem_id="open-trace", size="md", scale=0, min_width=140)
         new = gr.Button("New case", elem_id="new-case", size="md", scale=0, min_width=110)
-    feedback_note = gr.Markdown(elem_id="fb-status")
+    recent = gr.Dropdown([], label="Recent cases (this browser)", elem_id="recent-cases", visible=False)
+    case_id = gr.Textbox(visible="hidden", elem_id="case-id")
+    recent_json = gr.Textbox(visible="hidden", elem_id="recent-json")
 
+    outputs = [chatbot, box, session, status, options, answers, busy, case_id, *viewer.outputs]
     box.submit(
         controller.respond,
         [box, options, session],
-        [chatbot, box, session, status, options],
+        outputs,
         api_name="ask",
-        concurrency_limit=ui.concurrency,
-        concurrency_id="cases",
+        concurrency_limit=None,  # every asker sees their question at once; CaseQueue limits the runs
     )
-    correct.click(
-        lambda answer, s: controller.feedback(True, answer, s),
-        [right, session],
-        [feedback_note, right],
-        api_name="feedback_correct",
+    case_outputs = [*outputs, note]
+    assert len(case_outputs) == CASE_OUTPUTS
+    pick = [viewer.image, viewer.preset]
+    for control in pick:
+        control.input(
+            lambda label, preset, s: show(
+                s.images, s.windows, int(label.split()[-1]) - 1 if label else 0, preset
+            ),
+            [*pick, session],
+            viewer.outputs,
+            api_visibility="private",
+        )
+    new.click(controller.new_case, box, case_outputs, api_name="new_case")
+    recent.input(controller.open_case, recent, case_outputs, api_visibility="private")
+    case_id.change(None, case_id, None, js=CASE_URL_JS)
+    case_id.change(
+        controller.recent_choices, recent_json, recent, js=RECENT_CASES_JS, api_visibility="private"
     )
-    wrong.click(
-        lambda answer, s: controller.feedback(False, answer, s),
-        [right, session],
-        [feedback_note, right],
-        api_name="feedback_wrong",
+    return ChatTab(
+        session=session,
+        open_trace=open_trace,
+        case_outputs=case_outputs,
+        open_case=controller.open_case,
+        open_from_url=controller.open_from_url,
+        recent=recent,
+        recent_json=recent_json,
+        recent_choices=controller.recent_choices,
     )
-    new.click(controller.new_case, None, [chatbot, box, session, status, feedback_note], api_name="new_case")
-    return ChatTab(session=session, open_trace=open_trace)

@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import Select
 
 from data.difficulty import level_of, run_scores
@@ -99,3 +100,15 @@ def reward_histogram(store: TrajectoryStore) -> list[dict[str, Any]]:
     with store.session() as s:
         rows = s.execute(stmt)
         return [{"role": role, "kind": kind, "value": value, "count": n} for role, kind, value, n in rows]
+
+
+def case_runs(store: TrajectoryStore, thread_id: str) -> list[Run]:
+    """The runs of one case (a LangGraph thread), oldest first, with their steps and images."""
+    stmt = (
+        select(Run)
+        .where(Run.thread_id == thread_id)
+        .order_by(Run.created_at)
+        .options(selectinload(Run.steps), selectinload(Run.images))
+    )
+    with store.session() as s:
+        return list(s.scalars(stmt))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from typing import Any
 
 DISCLAIMER = (
     "**Research software — not a medical device.** Answers come from experimental models and can be "
@@ -49,3 +50,26 @@ def redact_paths(text: str | None) -> str | None:
     if not text:
         return text
     return _ABS_PATH.sub(lambda m: f"…/{m.group(1)}", text)
+
+
+class RefusedFilesAreNotFound:
+    """ASGI middleware: Gradio's file route answers 404, not 403, for a file it will not serve.
+
+    Deleted uploads (ui/uploads.py) and files outside the allowed folders then look alike: the
+    route says nothing about what exists on the server.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or "/file=" not in scope.get("path", ""):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_not_found(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 403:
+                message = {**message, "status": 404}
+            await send(message)
+
+        await self.app(scope, receive, send_not_found)

@@ -22,7 +22,22 @@ from ui.run_views import build_run_views
 from ui.safety import redact_paths
 
 ANY = "any"
-RUN_COLUMNS = ["run", "created (UTC)", "status", "source", "difficulty", "specialists", "answer", "wall s"]
+RUN_COLUMNS = [
+    "case",
+    "run",
+    "created (UTC)",
+    "question",
+    "status",
+    "source",
+    "difficulty",
+    "specialists",
+    "answer",
+    "wall s",
+]
+
+
+class FilterError(ValueError):
+    """A filter value the page cannot use; the message is worded for the page."""
 
 
 def parse_day(text: str | None, what: str) -> date | None:
@@ -33,33 +48,47 @@ def parse_day(text: str | None, what: str) -> date | None:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise gr.Error(f"{what} must be a date like 2026-11-24, not {text!r}") from None
+        raise FilterError(
+            f"**{what}**: {text!r} is not a date; write it like 2026-11-24 (year-month-day)."
+        ) from None
 
 
 def run_filter(status: str, policy: str, since: str | None, until: str | None, difficulty: str) -> RunFilter:
-    return RunFilter(
+    flt = RunFilter(
         status=None if status == ANY else status,
         policy_id=None if policy in (ANY, None, "") else int(policy),
-        since=parse_day(since, "'from'"),
-        until=parse_day(until, "'to'"),
+        since=parse_day(since, "From"),
+        until=parse_day(until, "To"),
         difficulty=None if difficulty == ANY else difficulty,
     )
+    if flt.since and flt.until and flt.until < flt.since:
+        raise FilterError(f"**To** ({flt.until}) is before **From** ({flt.since}).")
+    return flt
 
 
 def run_rows(store: TrajectoryStore, flt: RunFilter, limit: int = 200) -> list[list[Any]]:
-    return [
-        [
-            run.id,
-            run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "",
-            run.status,
-            run.source,
-            diff,
-            ", ".join(run.specialties or []),
-            (run.answer or redact_paths(run.error) or "")[:80],
-            round(run.wall_s or 0.0, 2),
-        ]
-        for run, diff in find_runs(store, flt, limit)
-    ]
+    """The matching runs grouped by case (newest case first), each case's turns in order."""
+    cases: dict[str, list[tuple[Any, str]]] = {}
+    for run, diff in find_runs(store, flt, limit):
+        cases.setdefault(run.thread_id or run.id, []).append((run, diff))
+    rows = []
+    for thread, runs in cases.items():
+        for turn, (run, diff) in enumerate(reversed(runs), start=1):
+            rows.append(
+                [
+                    f"{thread[:8]} · {turn}/{len(runs)}",
+                    run.id,
+                    run.created_at.strftime("%Y-%m-%d %H:%M:%S") if run.created_at else "",
+                    (run.question or "")[:80],
+                    run.status,
+                    run.source,
+                    diff,
+                    ", ".join(run.specialties or []),
+                    (run.answer or redact_paths(run.error) or "")[:80],
+                    round(run.wall_s or 0.0, 2),
+                ]
+            )
+    return rows
 
 
 def policy_choices(store: TrajectoryStore) -> list[tuple[str, str]]:
@@ -156,6 +185,7 @@ class TracesTab:
     run_id: gr.Textbox
     open_run: Callable[[str], tuple[Any, ...]]
     open_outputs: list[Any]
+    open_case: gr.Button
     search: Callable[..., tuple[Any, ...]]
     search_inputs: list[Any]
     search_outputs: list[Any]
@@ -164,21 +194,30 @@ class TracesTab:
 def build_traces_tab(store: TrajectoryStore) -> TracesTab:
     """Render the traces tab's components inside the current ``gr.Tab``."""
     downloads = Path(tempfile.mkdtemp(prefix="mmedagent-runs-"))
-    with gr.Row():
+    with gr.Row(elem_id="traces-filters"):
         status = gr.Dropdown([ANY, "ok", "error"], value=ANY, label="Status", scale=1)
         policy = gr.Dropdown([("any", ANY)], value=ANY, label="Policy version", scale=2)
-        since = gr.Textbox(label="From (YYYY-MM-DD)", scale=1, elem_id="traces-from")
-        until = gr.Textbox(label="To (YYYY-MM-DD)", scale=1, elem_id="traces-to")
+        since = gr.Textbox(
+            label="From (YYYY-MM-DD)", placeholder="2026-11-24", scale=1, elem_id="traces-from"
+        )
+        until = gr.Textbox(label="To (YYYY-MM-DD)", placeholder="2026-11-24", scale=1, elem_id="traces-to")
         difficulty = gr.Dropdown([ANY, *LEVELS, NO_DIFFICULTY], value=ANY, label="Difficulty", scale=1)
         search = gr.Button("Search", variant="primary", scale=0, elem_id="traces-search")
+    filter_note = gr.Markdown(elem_id="traces-error", elem_classes=["inline-error"])
     table = gr.Dataframe(
-        headers=RUN_COLUMNS, interactive=False, max_height=320, elem_id="runs-table", wrap=True
+        headers=RUN_COLUMNS,
+        interactive=False,
+        max_height=320,
+        elem_id="runs-table",
+        wrap=True,
+        column_widths=["110px", "150px", "110px", "260px", "60px", "60px", "80px", "140px", "160px", "60px"],
     )
     with gr.Row():
         run_id = gr.Textbox(
             label="Run id", placeholder="click a row, or paste a run id", scale=4, elem_id="trace-run-id"
         )
         open_button = gr.Button("Open run", scale=0, elem_id="trace-open")
+        open_case = gr.Button("Open case in Chat", scale=0, elem_id="trace-open-case")
     summary = gr.Markdown(elem_id="trace-summary")
     gallery = gr.Gallery(
         label="Images of the case",
@@ -217,8 +256,12 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         as_json = gr.JSON(label="run")
 
     def do_search(st: str, pol: str, a: str, b: str, diff: str) -> tuple[Any, ...]:
-        rows = run_rows(store, run_filter(st, pol, a, b, diff))
-        return rows, gr.Dropdown(choices=policy_choices(store), value=pol)
+        policies = gr.Dropdown(choices=policy_choices(store), value=pol)
+        try:
+            flt = run_filter(st, pol, a, b, diff)
+        except FilterError as exc:  # the table keeps what it showed; the message says what to fix
+            return gr.skip(), policies, f"⚠️ {exc} The list below is unchanged."
+        return run_rows(store, flt), policies, ""
 
     def do_open(rid: str) -> tuple[Any, ...]:
         run = run_record(store, rid or "") if (rid or "").strip() else None
@@ -240,15 +283,18 @@ def build_traces_tab(store: TrajectoryStore) -> TracesTab:
         )
 
     def do_select(evt: gr.SelectData) -> str:
-        return str(evt.row_value[0]) if evt.row_value else ""
+        return str(evt.row_value[RUN_COLUMNS.index("run")]) if evt.row_value else ""
 
     filters = [status, policy, since, until, difficulty]
     open_outputs = [summary, gallery, record, as_json, download]
-    search.click(do_search, filters, [table, policy], api_name="search_runs")
+    search_outputs = [table, policy, filter_note]
+    search.click(do_search, filters, search_outputs, api_name="search_runs")
+    for box in (since, until):
+        box.submit(do_search, filters, search_outputs, api_visibility="private")
     table.select(do_select, None, run_id, api_visibility="private").then(
         do_open, run_id, open_outputs, api_visibility="private"
     )
     open_button.click(do_open, run_id, open_outputs, api_name="open_run")
     record.change(views.show, record, views.outputs, api_visibility="private")
     run_id.submit(do_open, run_id, open_outputs, api_visibility="private")
-    return TracesTab(run_id, do_open, open_outputs, do_search, filters, [table, policy])
+    return TracesTab(run_id, do_open, open_outputs, open_case, do_search, filters, search_outputs)

@@ -16,7 +16,8 @@ import gradio as gr
 import pandas as pd
 
 from data.difficulty import LEVELS
-from data.export import FORMATS, ROLES, ExportError, ExportFilter, count_rows, export, parse_since
+from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, parse_since
+from data.schema import ROLES
 from data.store import TrajectoryStore
 from ui.queries import reward_histogram, step_counts
 
@@ -113,7 +114,7 @@ def build_trajectories_tab(store: TrajectoryStore) -> TrajectoriesTab:
             x="reward",
             y="count",
             color="value",
-            title="Reward distribution (rows per value)",
+            title="Rewards (rows per value)",
             x_title="reward (role · kind)",
             y_title="rows",
             x_label_angle=-30,
@@ -149,15 +150,20 @@ def build_trajectories_tab(store: TrajectoryStore) -> TrajectoriesTab:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 - gradio's way to inject progress
     ) -> tuple[str, str | None]:
         try:
-            flt = ExportFilter(
-                role=role_,
-                since=parse_since(since_) if (since_ or "").strip() else None,
-                status=None if status_ == "any" else status_,
-                with_gold=gold,
-                difficulty=levels or None,
+            since = parse_since(since_) if (since_ or "").strip() else None
+        except ExportError:
+            return (
+                f"⚠️ **Since**: {since_.strip()!r} is neither a date (2026-11-24) nor a look-back "
+                "such as 24h, 7d or 2w. Nothing was exported.",
+                None,
             )
-        except ExportError as exc:
-            raise gr.Error(str(exc)) from None
+        flt = ExportFilter(
+            role=role_,
+            since=since,
+            status=None if status_ == "any" else status_,
+            with_gold=gold,
+            difficulty=levels or None,
+        )
         total = count_rows(store, flt)
         if total == 0:
             return "No stored steps match these filters; nothing exported.", None

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from app.config import RoleSpec, Settings
+from data.schema import ROLES
 from graph.protocol import BackendError, ChatBackend
-from graph.state import ROLES
 
 if TYPE_CHECKING:
     from data.store import TrajectoryStore

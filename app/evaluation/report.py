@@ -44,38 +44,40 @@ class ScorerMismatch(EvalError):
     """Two reports scored by different versions of the answer-matching rules."""
 
 
-@dataclass(frozen=True)
-class StepRecord:
-    """What a report needs of one stored model call."""
+@dataclass(frozen=True, kw_only=True)
+class ReportStep:
+    """What a report needs of one stored model call (fields named as the ``steps`` columns;
+    a default stands in for a NULL)."""
 
     node: str
     role: str
-    specialty: str | None
-    parsed: Mapping[str, Any]
+    specialty: str | None = None
+    parsed: Mapping[str, Any] = field(default_factory=dict)
     parse_status: str
-    prompt_tokens: int
-    completion_tokens: int
-    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunRecord:
-    """What a report needs of one stored run of an evaluation case."""
+    """What a report needs of one stored run of an evaluation case (fields named as the ``runs``
+    columns, ``run_id`` for ``id``; a default stands in for a NULL)."""
 
     run_id: str
-    case_id: str
+    case_id: str = ""
     status: str
     created_at: datetime
-    options: Sequence[str]
-    gold_answer: str | None
-    gold_specialty: str | None
-    specialties: Sequence[str]
-    answer: str | None
-    answer_status: str | None
-    wall_s: float
-    meta: Mapping[str, Any]
+    options: Sequence[str] = field(default_factory=list)
+    gold_answer: str | None = None
+    gold_specialty: str | None = None
+    specialties: Sequence[str] = field(default_factory=list)
+    answer: str | None = None
+    answer_status: str | None = None
+    wall_s: float = 0.0
+    meta: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
-    steps: Sequence[StepRecord] = field(default_factory=tuple)
+    steps: Sequence[ReportStep] = field(default_factory=tuple)
 
 
 # --- statistics ---------------------------------------------------------------------------------

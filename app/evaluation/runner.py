@@ -32,11 +32,10 @@ from app.evaluation.stored import eval_records
 from app.runtime import CaseRequest, InputError, Runtime
 from data.benchmarks import BenchmarkCase, load_benchmark
 from data.images import ImageError
-from data.schema import Run
+from data.schema import ROLES, Run
 from data.specialties import SPECIALTIES
 from data.store import TrajectoryStore
 from graph.context import GraphMode
-from graph.state import ROLES
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from sqlalchemy import select
 
 from app.evaluation.report import (
     EvalError,
+    ReportStep,
     RunRecord,
-    StepRecord,
     build_report,
     report_markdown,
     scorer_version,
@@ -35,14 +36,8 @@ _INFO_KEYS = ("eval_id", "benchmark", "mode", "split", "models", "config")
 
 def eval_records(store: TrajectoryStore, eval_id: str) -> list[RunRecord]:
     """The stored runs of an eval, with the step fields a report reads (no token ids/logprobs)."""
-    run_cols = (
-        Run.id, Run.case_id, Run.status, Run.created_at, Run.options, Run.gold_answer, Run.gold_specialty,
-        Run.specialties, Run.answer, Run.answer_status, Run.wall_s, Run.meta, Run.error,
-    )  # fmt: skip
-    step_cols = (
-        Step.run_id, Step.node, Step.role, Step.specialty, Step.parsed, Step.parse_status,
-        Step.prompt_tokens, Step.completion_tokens, Step.latency_s,
-    )  # fmt: skip
+    run_cols = [Run.id.label("run_id")] + [getattr(Run, n) for n in _names(RunRecord) - {"run_id", "steps"}]
+    step_cols = [Step.run_id] + [getattr(Step, n) for n in _names(ReportStep)]
     with store.session() as s:
         runs = s.execute(select(*run_cols).where(Run.eval_id == eval_id)).all()
         step_rows = s.execute(
@@ -51,39 +46,19 @@ def eval_records(store: TrajectoryStore, eval_id: str) -> list[RunRecord]:
             .where(Run.eval_id == eval_id)
             .order_by(Step.seq)
         ).all()
-    steps: dict[str, list[StepRecord]] = {}
+    steps: dict[str, list[ReportStep]] = {}
     for row in step_rows:
-        steps.setdefault(row.run_id, []).append(
-            StepRecord(
-                node=row.node,
-                role=row.role,
-                specialty=row.specialty,
-                parsed=row.parsed or {},
-                parse_status=row.parse_status,
-                prompt_tokens=row.prompt_tokens or 0,
-                completion_tokens=row.completion_tokens or 0,
-                latency_s=row.latency_s or 0.0,
-            )
-        )
-    return [
-        RunRecord(
-            run_id=r.id,
-            case_id=r.case_id or "",
-            status=r.status,
-            created_at=r.created_at,
-            options=r.options or [],
-            gold_answer=r.gold_answer,
-            gold_specialty=r.gold_specialty,
-            specialties=r.specialties or [],
-            answer=r.answer,
-            answer_status=r.answer_status,
-            wall_s=r.wall_s or 0.0,
-            meta=r.meta or {},
-            error=r.error,
-            steps=tuple(steps.get(r.id, ())),
-        )
-        for r in runs
-    ]
+        steps.setdefault(row.run_id, []).append(ReportStep(**_not_null(row._mapping, skip="run_id")))
+    return [RunRecord(**_not_null(r._mapping), steps=tuple(steps.get(r.run_id, ()))) for r in runs]
+
+
+def _names(record: type) -> set[str]:
+    return {f.name for f in fields(record)}
+
+
+def _not_null(row: Mapping[str, Any], skip: str = "") -> dict[str, Any]:
+    """A row's non-NULL columns (a record's defaults stand in for NULLs)."""
+    return {k: v for k, v in row.items() if v is not None and k != skip}
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
