@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data.schema import TRAINABLE_ROLES
 from rl.datasets import (
     REWARD_SOURCES,
-    ROLES,
     Row,
     rows_from_dir,
     rows_from_store,
@@ -53,7 +53,7 @@ def build_parser(prog: str, *, registering: bool = False) -> argparse.ArgumentPa
     p = argparse.ArgumentParser(
         prog=prog, description="GRPO-train a role's policy (curriculum for the attending)."
     )
-    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--role", required=True, choices=TRAINABLE_ROLES)
     p.add_argument("--out", "-o", required=True, type=Path, help="folder for the run and the trained policy")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from-db", action="store_true", help="train on the store's gold-labelled runs")
