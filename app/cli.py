@@ -46,7 +46,7 @@ app.command()(feedback.feedback)
 app.command("export")(export.export_command)
 app.add_typer(evaluate.eval_app, name="eval")
 app.add_typer(train.policies_app, name="policies")
-app.command()(train.train)
+app.command(context_settings=train.TRAIN_CONTEXT)(train.train)
 
 
 def main() -> None:

@@ -290,6 +290,26 @@ class TrajectoryStore:
             rows = s.scalars(select(Reward).where(Reward.id.in_(latest_verdict_ids(ids))))
             return {r.run_id: r for r in rows}
 
+    def clinician_answers(self) -> dict[str, str]:
+        """Run id -> the right answer by the latest clinician verdict on it (latest verdict wins):
+        the answer it gives, else the run's own answer when it said right. A latest verdict of
+        "wrong" without an answer labels nothing."""
+        latest = (
+            select(Reward.run_id, func.max(Reward.id).label("id"))
+            .where(Reward.kind == "clinician")
+            .group_by(Reward.run_id)
+            .subquery()
+        )
+        stmt = (
+            select(Reward.run_id, Reward.value, Reward.answer, Run.answer.label("run_answer"))
+            .join(latest, Reward.id == latest.c.id)
+            .join(Run, Run.id == Reward.run_id)
+        )
+        with self._sessions() as s:
+            rows = s.execute(stmt).all()
+        answers = {r.run_id: r.answer or (r.run_answer if r.value >= 1.0 else None) for r in rows}
+        return {run: answer for run, answer in answers.items() if answer}
+
     def rewards(self, run_id: str) -> list[Reward]:
         """A run's reward rows, oldest first."""
         with self._sessions() as s:

@@ -4,7 +4,9 @@ A row's difficulty comes from the fraction ``s`` of specialists right (data/diff
 s = 1, medium 0 < s < 1, hard s = 0). ``order_rows`` lays the stages out back to back, each
 shuffled within itself and repeated for its epochs, and pads every stage to whole generation
 batches, so that with TRL's ``shuffle_dataset=False`` each batch belongs to exactly one stage and
-the trainer can apply that stage's β and γ (rl/grpo.py). Without curriculum every row goes into
+the trainer can apply that stage's β and γ (rl/grpo.py). A generation batch counts the prompts of
+every process together (rl/batching.py): padding to one process's share would let stages mix
+across processes and TRL drop the last stage's incomplete batch. Without curriculum every row goes into
 one shuffled ``mixed`` stage: the paper's ablation.
 """
 
@@ -24,7 +26,10 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
-__all__ = ["LEVELS", "StageSpan", "classify", "order_rows", "split_by_difficulty", "stage_spans"]
+__all__ = [
+    "LEVELS", "StageSpan", "cap_plan", "classify", "describe_plan", "order_rows", "split_by_difficulty",
+    "stage_spans",
+]  # fmt: skip
 
 
 class CurriculumError(ValueError):
@@ -113,15 +118,53 @@ def order_rows(
     return ordered, spans
 
 
-def stage_spans(spans: Sequence[StageSpan], batch: int) -> list[dict[str, Any]]:
-    """The stage plan in optimizer steps (one generation batch a step), for logs and reports."""
-    return [
-        {
-            "stage": sp.stage.name,
-            "first_step": sp.start // batch + 1,
-            "steps": sp.rows // batch,
-            "beta": sp.stage.beta,
-            "gamma": sp.stage.gamma,
-        }
-        for sp in spans
-    ]
+def stage_spans(spans: Sequence[StageSpan], batch: int, steps_per_batch: int = 1) -> list[dict[str, Any]]:
+    """The stage plan in optimizer steps, for logs and reports.
+
+    ``batch``: prompts per generation batch (all processes); ``steps_per_batch``: optimizer steps one
+    generation batch feeds (rl/batching.py)."""
+    plan = []
+    first = 1
+    for sp in spans:
+        steps = sp.rows // batch * steps_per_batch
+        plan.append(
+            {
+                "stage": sp.stage.name,
+                "first_step": first,
+                "steps": steps,
+                "rows": sp.rows,
+                "beta": sp.stage.beta,
+                "gamma": sp.stage.gamma,
+            }
+        )
+        first += steps
+    return plan
+
+
+def cap_plan(plan: Sequence[dict[str, Any]], max_steps: int) -> tuple[list[dict[str, Any]], list[str]]:
+    """The plan cut to its first ``max_steps`` optimizer steps (``max_steps`` <= 0: the whole plan),
+    and one line per stage the cap shortened or dropped. A cap above the plan's length trains the
+    plan once: it never loops back to the first stage."""
+    total = sum(p["steps"] for p in plan)
+    if max_steps <= 0 or max_steps >= total:
+        return [dict(p) for p in plan], []
+    kept, cut = [], []
+    for p in plan:
+        left = max_steps - (p["first_step"] - 1)
+        if left >= p["steps"]:
+            kept.append(dict(p))
+        elif left > 0:
+            kept.append({**p, "steps": left, "planned_steps": p["steps"]})
+            cut.append(f"{p['stage']}: {left} of {p['steps']} steps")
+        else:
+            cut.append(f"{p['stage']}: 0 of {p['steps']} steps (not trained)")
+    return kept, cut
+
+
+def describe_plan(plan: Sequence[dict[str, Any]]) -> str:
+    """One line per stage: its steps, rows, beta and gamma."""
+    return "\n".join(
+        f"  {p['stage']:<7} steps {p['first_step']}-{p['first_step'] + p['steps'] - 1} ({p['steps']}), "
+        f"{p['rows']} rows, beta {p['beta']:g}, gamma {p['gamma']:g}"
+        for p in plan
+    )

@@ -2,9 +2,11 @@
 
 A row is what TRL's GRPOTrainer (and SFTTrainer) reads: a conversational ``prompt`` rebuilt with
 graph.prompts (so training sees exactly what serving sees), the ``images`` its image blocks refer
-to, and the columns rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for
-the attending). Every row also carries ``difficulty`` (easy / medium / hard by the fraction of
-specialists right, data/difficulty.py; None when unknown) and ``case_id``.
+to (their stored bytes: :func:`to_dataset` decodes them only when the trainer reads a row, the
+graph's normalisation applied, so preparing many rows holds no pixels), and the columns
+rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for the attending). Every
+row also carries ``difficulty`` (easy / medium / hard by the fraction of specialists right,
+data/difficulty.py; None when unknown) and ``case_id``.
 
 Stored steps are read through data/export.py's rows (the same query as ``mmedagent export``), so
 ``--from-db`` and ``--data DIR`` see the same rows. Prompts are rebuilt from the run's question,
@@ -48,7 +50,7 @@ class DatasetError(ValueError):
 def triage_row(
     question: str,
     options: Sequence[str],
-    images: Sequence[Image.Image],
+    images: Sequence[bytes],
     specialty: str,
     *,
     case_id: str = "",
@@ -67,7 +69,7 @@ def triage_row(
 def attending_row(
     question: str,
     options: Sequence[str],
-    images: Sequence[Image.Image],
+    images: Sequence[bytes],
     opinions: Sequence[tuple[str, str]],
     answer: str,
     *,
@@ -105,7 +107,7 @@ def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_S
     warm-up's ``<think>``, rl/sft.py); rows from the store do not know it."""
     return [
         {
-            **triage_row(c.question, c.options, case_images(c), c.specialty, case_id=c.case_id),
+            **triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id),
             "modality": c.modality,
         }
         for c in generate_cases(n, seed=seed, size=size)
@@ -143,7 +145,7 @@ def synthetic_attending_rows(
         row = attending_row(
             case.question,
             case.options,
-            case_images(case),
+            case.images,
             opinions,
             case.answer,
             case_id=case.case_id,
@@ -165,7 +167,7 @@ def rows_from_export(records: Iterable[Mapping[str, Any]], role: str) -> Iterato
     _check_role(role)
     skipped = 0
     for rec in records:
-        images = [_pil(img) for img in rec.get("images") or []]
+        images = [_image_bytes(img) for img in rec.get("images") or []]
         gold = rec.get("specialty") if role == "triage" else rec.get("answer")
         if gold is None or not images or any(img is None for img in images):
             skipped += 1
@@ -183,13 +185,34 @@ def rows_from_export(records: Iterable[Mapping[str, Any]], role: str) -> Iterato
         log.warning("skipped %d %s records without a gold label or image pixels", skipped, role)
 
 
-def rows_from_store(store: TrajectoryStore, role: str, *, since: Any = None) -> list[Row]:
-    """Rows for ``role`` from every finished, gold-labelled run in the store."""
+REWARD_SOURCES = ("gold", "clinician", "both")
+
+
+def rows_from_store(
+    store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
+) -> list[Row]:
+    """Rows for ``role`` from every finished, labelled run in the store.
+
+    ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
+    clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
+    final answer, so their verdicts label the attending only.
+    """
     from data.export import ExportFilter, iter_batches
 
     _check_role(role)
-    flt = ExportFilter(role=role, since=since, status="ok", with_gold=True)
-    return list(rows_from_export((r for batch in iter_batches(store, flt) for r in batch), role))
+    if reward_source not in REWARD_SOURCES:
+        raise DatasetError(f"reward source must be one of {', '.join(REWARD_SOURCES)}, not {reward_source!r}")
+    if reward_source != "gold" and role != "attending":
+        raise DatasetError("clinician verdicts judge the final answer: they label the attending only")
+    flt = ExportFilter(role=role, since=since, status="ok", with_gold=reward_source == "gold")
+    records = (r for batch in iter_batches(store, flt) for r in batch)
+    if reward_source != "gold":
+        clinician = store.clinician_answers()
+        records = (
+            {**r, "answer": (r["answer"] if reward_source == "both" else None) or clinician.get(r["run_id"])}
+            for r in records
+        )
+    return list(rows_from_export(records, role))
 
 
 def rows_from_dir(path: str | Path, role: str) -> list[Row]:
@@ -200,11 +223,11 @@ def rows_from_dir(path: str | Path, role: str) -> list[Row]:
     if (root / f"{role}.parquet").is_file():
         from datasets import load_dataset
 
-        records = load_dataset("parquet", data_files=str(root / f"{role}.parquet"), split="train")
+        records = _undecoded(load_dataset("parquet", data_files=str(root / f"{role}.parquet"), split="train"))
     elif (root / role).is_dir():
         from datasets import load_dataset
 
-        records = load_dataset(str(root), role, split="train")
+        records = _undecoded(load_dataset(str(root), role, split="train"))
     elif (root / f"{role}.jsonl").is_file():
         records = _jsonl_records(root, root / f"{role}.jsonl")
     else:
@@ -225,16 +248,35 @@ def _jsonl_records(root: Path, path: Path) -> Iterator[dict[str, Any]]:
             yield rec
 
 
-def _pil(image: Any) -> Image.Image | None:
-    """An exported image entry (PIL, HF ``{"bytes": …}`` dict or raw bytes) as the models see it."""
+def _undecoded(dataset: Any) -> Any:
+    """An export dataset whose images stay bytes (decoded later, by :func:`to_dataset`)."""
+    from datasets import Image as ImageFeature
+    from datasets import List
+
+    return (
+        dataset.cast_column("images", List(ImageFeature(decode=False)))
+        if "images" in dataset.features
+        else dataset
+    )
+
+
+def _image_bytes(image: Any) -> bytes | None:
+    """An exported image entry (HF ``{"bytes": …}`` dict, raw bytes or a PIL image) as bytes."""
     from PIL import Image
+
+    from data.images import encode_png
 
     if image is None:
         return None
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return encode_png(image.convert("RGB"))
     data = image.get("bytes") if isinstance(image, Mapping) else image
-    return None if data is None else image_from_bytes(data)
+    return None if data is None else bytes(data)
+
+
+def row_images(row: Row) -> list[Image.Image]:
+    """A row's images as the models see them (the graph's normalisation of the stored bytes)."""
+    return [image_from_bytes(b) for b in row["images"]]
 
 
 def _check_role(role: str) -> None:
@@ -242,8 +284,42 @@ def _check_role(role: str) -> None:
         raise DatasetError(f"role must be one of {', '.join(TRAINABLE_ROLES)}, not {role!r}")
 
 
-def to_dataset(rows: Iterable[Row]) -> Any:
-    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it."""
-    from datasets import Dataset
+def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
 
-    return Dataset.from_list(list(rows))
+
+def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it.
+
+    The rows are written ``batch`` at a time to an Arrow file in a temporary folder (removed with
+    the dataset) and memory-mapped, not converted in memory (``Dataset.from_list`` held several
+    copies: +350 MiB for 5,000 attending rows); the images stay bytes in the table and are
+    decoded (normalised as the graph does) when a row is read.
+    """
+    import itertools
+    import shutil
+    import tempfile
+    import weakref
+
+    from datasets import Dataset, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    it = iter(rows)
+    head = list(itertools.islice(it, 64))
+    if not head:
+        return Dataset.from_list([])
+    features = Dataset.from_list(head).features
+    for name, feature in features.items():
+        if feature == Value("null"):  # None in every sampled row (e.g. no difficulty): text
+            features[name] = Value("string")
+    folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
+    path = str(Path(folder) / "rows.arrow")
+    with ArrowWriter(features=features, path=path, writer_batch_size=batch) as writer:
+        for row in itertools.chain(head, it):
+            writer.write(row)
+        writer.finalize()
+    dataset = Dataset.from_file(path)
+    weakref.finalize(dataset, shutil.rmtree, folder, True)
+    if "images" in dataset.column_names:
+        dataset.set_transform(_decode_images)
+    return dataset

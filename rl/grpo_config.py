@@ -11,6 +11,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+RECIPES_DIR = Path(__file__).parent / "recipes"
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
+
+
+def recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file given by path, or by name among rl/recipes/ (``tiny-attending``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    by_name = RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and by_name.is_file():
+        return by_name
+    known = ", ".join(sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"no recipe {str(name_or_path)!r}: give a YAML path or one of {known}")
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -41,7 +56,8 @@ class GRPORecipe:
     (every weight trains and a whole checkpoint is saved). LoRA on the ~0.3M-parameter tiny model
     has too little capacity to learn the synthetic task in minutes, so its recipe uses ``full``.
     ``completions_per_step`` is the number of completions per optimizer step and process (prompts × G),
-    generated at once and split into ``gradient_accumulation_steps`` micro-batches.
+    generated at once and split into ``gradient_accumulation_steps`` micro-batches; with N processes
+    a step trains on N times as many (rl/batching.py computes the global generation batch).
     ``extra`` passes any other ``trl.GRPOConfig`` field through unchanged.
     """
 
@@ -54,6 +70,10 @@ class GRPORecipe:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # "language_model": LoRA adapts those projections in the language model only (the vision tower's
+    # MLP has gate_proj/up_proj/down_proj too, and vLLM's LoRA serving does not apply adapters
+    # there); "all": wherever the names match.
+    lora_scope: Literal["language_model", "all"] = "language_model"
     # Parameter-name prefixes kept frozen under full fine-tuning. Adam moves every trained weight by
     # about the learning rate each step, whatever the size of its gradient; weights whose gradient
     # is mostly noise (the token embeddings, the vision tower) then random-walk away at the high rates
@@ -79,10 +99,23 @@ class GRPORecipe:
     # that breaks the format at the learning rates it needs. "all": every completion token (the
     # paper). CurriculumGRPOTrainer (answer_tokens_only) applies it.
     policy_tokens: Literal["all", "answer"] = "all"
-    curriculum: bool = True
+    # TRL's loss aggregation. "grpo" (default): each completion's token losses averaged over its own
+    # length, then over the completions: the paper's J_GRPO. TRL's own default is "dapo" (token-level
+    # normalisation over the batch); a recipe may choose it or another (recorded in the run).
+    loss_type: str = "grpo"
+    # The KL term is the paper's (GRPO's k3 estimator exp(r) - r - 1, r = log π_ref - log π, per
+    # token). TRL 1.16 multiplies it by the importance ratio by default (DeepSeek-V3.2's bias
+    # correction, which changes its gradient even on-policy); False keeps the paper's term.
+    use_bias_correction_kl: bool = False
+    # None: the curriculum for the attending (the paper) and one mixed stage for triage.
+    curriculum: bool | None = None
     stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
     mixed_stage: Stage = MIXED_STAGE
     max_steps: int = -1  # > 0 caps the run; otherwise the stages' rows × epochs decide
+    # > 0: that share of the rows is held out and scored greedily during training (accuracy by
+    # difficulty, max_completion_length new tokens) every eval_steps steps (0: at the end only)
+    eval_fraction: float = 0.0
+    eval_steps: int = 0
     seed: int = 0
     gradient_checkpointing: bool = False
     resume_from_checkpoint: str | bool | None = None
@@ -94,6 +127,8 @@ class GRPORecipe:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.curriculum is None:
+            self.curriculum = self.role == "attending"
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
         if not isinstance(self.mixed_stage, Stage):
             self.mixed_stage = Stage(**self.mixed_stage)
@@ -108,12 +143,16 @@ class GRPORecipe:
             raise ValueError("completions_per_step must be a multiple of gradient_accumulation_steps")
         if self.policy_tokens not in ("all", "answer"):
             raise ValueError(f"policy_tokens must be 'all' or 'answer', got {self.policy_tokens!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if self.lora_scope not in ("language_model", "all"):
+            raise ValueError(f"lora_scope must be 'language_model' or 'all', got {self.lora_scope!r}")
         if len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError("stage names must be unique")
 
     @property
     def prompts_per_step(self) -> int:
-        """Distinct prompts per optimizer step: one generation batch, which belongs to one stage."""
+        """Distinct prompts per optimizer step and process (a single process: the generation batch)."""
         return self.completions_per_step // self.num_generations
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,11 +163,22 @@ class GRPORecipe:
         """Read a recipe file; ``overrides`` (e.g. from the command line) win over the file."""
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        path = recipe_path(path)
+        data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a mapping of field: value")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown recipe fields {unknown}; known: {sorted(known)}")
+        other = set(data) - known
+        if other:  # any other trl.GRPOConfig field may stand at the top level too (into ``extra``)
+            from trl import GRPOConfig
+
+            unknown = sorted(other - {f.name for f in fields(GRPOConfig)})
+            if unknown:
+                raise ValueError(
+                    f"{path}: unknown recipe fields {unknown}: neither recipe fields ({sorted(known)}) "
+                    "nor trl.GRPOConfig fields"
+                )
+            data = {k: v for k, v in data.items() if k in known} | {
+                "extra": {**data.get("extra", {}), **{k: data[k] for k in other}}
+            }
         return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

@@ -16,6 +16,7 @@ from rl.datasets import (
     DatasetError,
     case_images,
     known_case,
+    row_images,
     rows_from_export,
     synthetic_attending_rows,
     synthetic_triage_rows,
@@ -58,7 +59,7 @@ def test_curriculum_orders_stages_easy_medium_hard_in_whole_batches():
         f"easy-{i}": 2 for i in range(4)
     }
     plan = stage_spans(spans, batch=2)
-    assert plan[1] == {"stage": "medium", "first_step": 5, "steps": 2, "beta": 4e-3, "gamma": 5e-3}
+    assert plan[1] == {"stage": "medium", "first_step": 5, "steps": 2, "rows": 4, "beta": 4e-3, "gamma": 5e-3}
 
 
 def test_curriculum_skips_empty_stages_and_rejects_unknown_ones():
@@ -87,6 +88,10 @@ def test_no_curriculum_is_one_shuffled_mixed_stage():
 def test_recipe_defaults_yaml_and_validation(tmp_path):
     r = GRPORecipe()
     assert (r.num_generations, r.learning_rate, r.temperature, r.finetune) == (8, 1e-6, 1.0, "lora")
+    # the paper's curriculum is the attending's; triage trains mixed unless a recipe asks
+    assert (r.curriculum, GRPORecipe(role="triage").curriculum) == (True, False)
+    assert GRPORecipe(role="triage", curriculum=True).curriculum is True
+    assert (r.loss_type, r.use_bias_correction_kl, r.lora_scope) == ("grpo", False, "language_model")
     assert [(s.name, s.beta, s.gamma) for s in r.stages] == [
         ("easy", 1e-3, 1e-4),
         ("medium", 4e-3, 5e-3),
@@ -100,6 +105,8 @@ def test_recipe_defaults_yaml_and_validation(tmp_path):
     path.write_text("lr: 1\n")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         GRPORecipe.from_yaml(path)
+    path.write_text("num_iterations: 2\nextra: {epsilon: 0.3}\n")  # any GRPOConfig field, top level
+    assert GRPORecipe.from_yaml(path).extra == {"epsilon": 0.3, "num_iterations": 2}
     with pytest.raises(ValueError, match="multiple of"):
         GRPORecipe(completions_per_step=30)
     with pytest.raises(ValueError, match="finetune"):
@@ -120,7 +127,21 @@ def test_triage_rows_use_the_graph_prompt():
     case = generate_cases(1, seed=3, size=56)[0]
     assert row["prompt"] == triage_messages(case.question, case.options, 1)
     assert row["specialty"] == case.specialty
-    assert row["images"][0].size == (56, 56)
+    assert row["images"] == list(case.images) and row_images(row)[0].size == (56, 56)
+
+
+def test_dataset_holds_image_bytes_and_decodes_them_when_read():
+    from datasets import Value
+
+    from data.images import image_from_bytes
+    from rl.datasets import to_dataset
+
+    rows = synthetic_attending_rows(3, seed=5, size=56)
+    ds = to_dataset(rows)
+    assert ds.features["images"].feature == Value("binary")  # the table holds bytes, not pixels
+    first = ds[0]["images"][0]
+    expected = image_from_bytes(rows[0]["images"][0])
+    assert (first.mode, first.size, first.tobytes()) == (expected.mode, expected.size, expected.tobytes())
 
 
 def test_attending_rows_carry_opinions_with_the_planned_difficulty():
@@ -159,7 +180,7 @@ def test_rows_from_export_rebuild_prompts_and_skip_unusable_records():
     )
     assert (att["answer"], att["difficulty"], att["case_id"]) == (case.answer, "hard", "r1")
     (tri,) = list(rows_from_export(records, "triage"))
-    assert tri["specialty"] == case.specialty and tri["images"][0].size == (56, 56)
+    assert tri["specialty"] == case.specialty and row_images(tri)[0].size == (56, 56)
     with pytest.raises(DatasetError):
         list(rows_from_export(records, "specialist"))
 

@@ -27,7 +27,6 @@ from tests.trajectories import make_runs
 runner = CliRunner()
 
 
-
 @pytest.fixture
 def sqlite_store(tmp_path):
     s = TrajectoryStore(f"sqlite:///{tmp_path / 'export.db'}")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from rl.datasets import synthetic_attending_rows
+from rl.datasets import row_images, synthetic_attending_rows
 from rl.grpo import (
     RUN_FILE,
     CurriculumGRPOTrainer,
@@ -55,7 +55,7 @@ def _recipe(model, **kw) -> GRPORecipe:
 def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma(
     tiny_model_dir, rows, tmp_path
 ):
-    result = train_grpo(_recipe(tiny_model_dir), rows, tmp_path / "run")
+    result = train_grpo(_recipe(tiny_model_dir, report_to=["tensorboard"]), rows, tmp_path / "run")
     assert result.steps == 3
     assert [e["stage"] for e in result.stage_log] == ["easy", "medium", "hard"]
     assert [(e["beta"], e["gamma"]) for e in result.stage_log] == [(0.1, 0.2), (0.3, 0.4), (0.5, 0.6)]
@@ -66,6 +66,26 @@ def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma
     logged = [h for h in json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"] if "kl" in h]
     assert [h["entropy_coef"] for h in logged] == [0.2, 0.4, 0.6]
     assert (tmp_path / "run" / "policy" / "config.json").is_file()  # full fine-tune: a whole checkpoint
+    # per step: stage, beta, gamma and reward by difficulty in training_run.json and TensorBoard
+    record = json.loads((tmp_path / "run" / RUN_FILE).read_text())
+    assert [(e["step"], e["stage"], e["beta"], e["gamma"]) for e in record["per_step"]] == [
+        (1, "easy", 0.1, 0.2), (2, "medium", 0.3, 0.4), (3, "hard", 0.5, 0.6),
+    ]  # fmt: skip
+    assert [set(e["reward_by_difficulty"]) for e in record["per_step"]] == [
+        {"all", "easy"}, {"all", "medium"}, {"all", "hard"},
+    ]  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (tmp_path / "run").rglob("events.out.tfevents*")
+    board = EventAccumulator(str(events.parent))
+    board.Reload()
+    scalars = {
+        tag: [(e.step, round(e.value, 6)) for e in board.Scalars(tag)] for tag in board.Tags()["scalars"]
+    }
+    assert scalars["train/curriculum/beta"] == [(1, 0.1), (2, 0.3), (3, 0.5)]
+    assert scalars["train/curriculum/gamma"] == [(1, 0.2), (2, 0.4), (3, 0.6)]
+    assert scalars["train/curriculum/stage"] == [(1, 0.0), (2, 1.0), (3, 2.0)]
+    assert [s for s, _ in scalars["train/reward_by_difficulty/hard"]] == [3]
     assert result.serving == (str(tmp_path / "run" / "policy"), None)
 
 
@@ -182,8 +202,16 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
     assert (policy / "adapter_config.json").is_file() and not (policy / "config.json").exists()
     assert result.serving == (str(tiny_model_dir), str(policy))
     backend = TransformersBackend(str(tiny_model_dir), adapter_path=str(policy))
-    (c,) = backend.generate([ChatRequest(rows[0]["prompt"], rows[0]["images"], Sampling(max_new_tokens=4))])
+    request = ChatRequest(rows[0]["prompt"], row_images(rows[0]), Sampling(max_new_tokens=4))
+    (c,) = backend.generate([request])
     assert c.completion_tokens >= 1 and str(policy) in c.model_id
+    # the adapter covers the language model only: the vision tower's MLP names match too
+    from safetensors import safe_open
+
+    with safe_open(str(policy / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all("language_model" in k for k in keys), keys[:4]
+    assert any("mlp.gate_proj" in k for k in keys)
 
 
 @pytest.mark.slow
@@ -215,3 +243,31 @@ def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows
     # entropy below target at every step: TRL raises the coefficient by delta per step, and the
     # stage's gamma (the starting value) does not reset it
     assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.03, 0.05]
+
+
+def test_adaptive_entropy_starts_each_stage_at_that_stages_gamma(tiny_model_dir, rows, tmp_path):
+    adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
+    train_grpo(_recipe(tiny_model_dir, extra=adaptive), rows, tmp_path / "run")
+    history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
+    # one step per stage: each starts at its own gamma (0.2, 0.4, 0.6) and TRL's controller adds delta
+    assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.22, 0.42, 0.62]
+
+
+def test_the_configured_loss_type_and_kl_reach_trl(tiny_model_dir, rows, tmp_path):
+    from rl.curriculum import order_rows
+    from rl.datasets import to_dataset
+
+    assert (GRPORecipe().loss_type, GRPORecipe().use_bias_correction_kl) == ("grpo", False)  # the paper's
+    for loss_type in ("grpo", "dr_grpo"):
+        recipe = _recipe(tiny_model_dir, loss_type=loss_type)
+        ordered, _ = order_rows(rows, recipe.stages, batch=2)
+        trainer = CurriculumGRPOTrainer(
+            model=load_policy_model(recipe),
+            reward_funcs=REWARD_FUNCS["attending"],
+            args=grpo_config(recipe, tmp_path / loss_type),
+            train_dataset=to_dataset(ordered),
+            stages=recipe.stages,
+        )
+        assert (trainer.loss_type, trainer.args.use_bias_correction_kl) == (loss_type, False)
+    with pytest.raises(ValueError, match="loss_type"):
+        _recipe(tiny_model_dir, loss_type="nonsense")

@@ -84,7 +84,14 @@ def test_trained_policy_is_registered_served_and_recorded(home, tmp_path, tiny_b
     finally:
         store.close()
     listed = runner.invoke(app, ["policies", "list", "--role", "attending"])
-    assert listed.exit_code == 0 and str(latest.id) in listed.output
+    assert listed.exit_code == 0 and str(latest.id) in listed.output and "curriculum" in listed.output
+    shown = runner.invoke(app, ["policies", "show", str(latest.id)])
+    assert shown.exit_code == 0, shown.output
+    assert f"parent {before}" in shown.output and "data     store:" in shown.output
+    assert "curriculum, loss grpo" in shown.output and "stage    easy" in shown.output
+    assert "reward   all " in shown.output  # the final reward by difficulty
+    missing = runner.invoke(app, ["policies", "show", "999"])
+    assert missing.exit_code == 2 and "no policy version 999" in missing.output
 
     # serve it: the attending loads the trained weights; every new attending step names the version
     served = Settings(attending={"policy": "latest"})

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,53 +15,33 @@ from app.commands.common import console, err, fail, load_settings, open_store
 from app.policies import resolve_policy, weights_hash
 from app.tiny_model import ensure_default_model
 from graph.protocol import BackendError
-from rl.datasets import (
-    DatasetError,
-    rows_from_dir,
-    rows_from_store,
-    synthetic_attending_rows,
-    synthetic_triage_rows,
-)
-from rl.grpo_config import GRPORecipe
+
+if TYPE_CHECKING:
+    from data.store import TrajectoryStore
+    from rl.train import TrainRun
 
 policies_app = typer.Typer(no_args_is_help=True, help="Registered policy versions per role.")
 
+# `mmedagent train` takes the options of rl/train.py's parser (the multi-process launch
+# `torchrun -m rl.grpo` reads the same), so typer passes them through unparsed.
+TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
-def train(
-    role: Annotated[str, typer.Option(help="triage | attending")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the run and the trained policy")],
-    from_db: Annotated[
-        bool, typer.Option("--from-db", help="train on the store's gold-labelled runs")
-    ] = False,
-    data: Annotated[Path | None, typer.Option(help="a `mmedagent export` folder to train on")] = None,
-    synthetic: Annotated[int, typer.Option(min=0, help="train on N synthetic-clinic cases")] = 0,
-    curriculum: Annotated[
-        bool | None,
-        typer.Option("--curriculum/--no-curriculum", help="easy -> medium -> hard, or all mixed [recipe's]"),
-    ] = None,
-    recipe: Annotated[
-        Path | None, typer.Option(help="YAML recipe (rl/recipes/); default: the paper's settings")
-    ] = None,
-    warmup_steps: Annotated[
-        int, typer.Option(min=0, help="random-label SFT format warm-up steps before GRPO")
-    ] = 0,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="cap on GRPO optimizer steps")] = None,
-    learning_rate: Annotated[float | None, typer.Option(help="overrides the recipe")] = None,
-    seed: Annotated[int | None, typer.Option(min=0, help="overrides the recipe")] = None,
-    register: Annotated[bool, typer.Option(help="register the result as a new policy version")] = True,
-) -> None:
-    """GRPO-train a role's policy (curriculum-ordered by default) and register it as a new version."""
-    # deferred: torch, transformers and TRL take seconds to import
-    from rl.grpo import merge_adapter, train_grpo
-    from rl.sft import format_warmup
 
-    if role not in ("triage", "attending"):
-        fail(f"--role must be triage or attending, not {role!r}")
-    if sum([from_db, data is not None, synthetic > 0]) != 1:
-        fail("give exactly one data source: --from-db, --data DIR or --synthetic N")
-    out = out.resolve()  # the registered policy must load from any working directory
-    if (out / "policy").exists():
-        fail(f"{out / 'policy'} already exists: choose another --out")
+def train(ctx: typer.Context) -> None:
+    """GRPO-train a role's policy (curriculum for the attending) and register it as a new version.
+
+    Options: `mmedagent train --help` (the same as `python -m rl.grpo`, plus --register/--no-register).
+    """
+    from rl.datasets import DatasetError
+    from rl.train import TrainError, build_parser, load_rows, resume_options, run_training
+
+    opts = build_parser("mmedagent train", registering=True).parse_args(ctx.args)
+    if opts.resume:
+        try:
+            opts = argparse.Namespace(**{**vars(resume_options(opts.out)), "register": opts.register})
+        except TrainError as exc:
+            fail(str(exc))
+    logging.getLogger("rl").setLevel(logging.INFO)  # the stage plan, and what max_steps cut
     settings = load_settings()
     ensure_default_model(settings, announce=err.print)
     store = open_store(settings)
@@ -68,78 +50,66 @@ def train(
             settings, chosen = apply_policy_choices(settings, store)
         except BackendError as exc:
             fail(str(exc))
-        model, adapter = settings.model_for(role), settings.role(role).adapter
-        parent = chosen.get(role) or resolve_policy(store, role, model, adapter).id
+        model, adapter = settings.model_for(opts.role), settings.role(opts.role).adapter
+        parent = (
+            None
+            if opts.model
+            else chosen.get(opts.role) or resolve_policy(store, opts.role, model, adapter).id
+        )
         try:
-            if from_db:
-                rows = rows_from_store(store, role)
-            elif data is not None:
-                rows = rows_from_dir(data, role)
-            else:
-                make = synthetic_triage_rows if role == "triage" else synthetic_attending_rows
-                rows = make(synthetic, seed=seed or 0)
-        except DatasetError as exc:
+            run = run_training(opts, load_rows(opts, store), model=model, adapter=adapter)
+        except (TrainError, DatasetError, ValueError) as exc:  # e.g. rows without difficulty
             fail(str(exc))
-        if not rows:
-            fail(f"no usable {role} rows (runs need a gold label and stored pixels)")
-        overrides = {
-            "role": role, "curriculum": curriculum, "max_steps": max_steps,
-            "learning_rate": learning_rate, "seed": seed,
-        }  # fmt: skip
-        try:
-            rec = (
-                GRPORecipe.from_yaml(recipe, **overrides)
-                if recipe
-                else GRPORecipe(**{k: v for k, v in overrides.items() if v is not None})
-            )
-        except (OSError, ValueError, TypeError) as exc:
-            fail(f"bad recipe: {exc}")
-        start = merge_adapter(model, adapter, out / "start") if adapter else model
-        if warmup_steps:
-            err.print(f"format warm-up: {warmup_steps} SFT steps on random labels ...")
-            start = str(format_warmup(start, rows, role, out / "warmup", steps=warmup_steps).policy_path)
-        rec.model = start
-        order = "curriculum" if rec.curriculum else "mixed"
-        err.print(f"GRPO on {len(rows)} {role} rows from {start} ({order})")
-        try:
-            result = train_grpo(rec, rows, out)
-        except ValueError as exc:  # e.g. rows without difficulty under --curriculum
-            fail(str(exc))
-        served_model, served_adapter = result.serving
+        result = run.result
         console.print(
-            f"trained {role} policy: {result.policy_path}  ({result.steps} steps, {result.wall_s:.0f} s, "
-            f"final reward {result.metrics.get('final_reward', float('nan')):.3f})",
+            f"trained {opts.role} policy: {result.policy_path}  ({result.steps} steps, "
+            f"{result.wall_s:.0f} s, final reward {result.metrics.get('final_reward', float('nan')):.3f})",
             highlight=False,
         )
-        if register:
-            source = "store" if from_db else str(data) if data else f"synthetic:{synthetic}"
-            version = store.register_policy(
-                role,
-                served_model,
-                weights_hash(served_model, served_adapter),
-                adapter_path=served_adapter,
-                parent_id=parent,
-                training_run={
-                    **result.summary(),
-                    "rows": len(rows),
-                    "data": source,
-                    "warmup_steps": warmup_steps,
-                },
-            )
-            console.print(
-                f"registered {role} policy version {version.id} (parent {parent}); "
-                f"serve it with `mmedagent --{role} latest ...`",
-                highlight=False,
-            )
+        if opts.register:
+            _register(store, opts, run, parent)
     finally:
         store.close()
+
+
+def _register(store: TrajectoryStore, opts: argparse.Namespace, run: TrainRun, parent: int | None) -> None:
+    served_model, served_adapter = run.result.serving
+    version = store.register_policy(
+        opts.role,
+        served_model,
+        weights_hash(served_model, served_adapter),
+        adapter_path=served_adapter,
+        parent_id=parent,
+        training_run={
+            **run.result.summary(),
+            "rows": run.rows,
+            "data": run.source,
+            "warmup_steps": opts.warmup_steps,
+            "start": run.start,
+        },
+    )
+    console.print(
+        f"registered {opts.role} policy version {version.id} (parent {parent}); "
+        f"serve it with `mmedagent --{opts.role} latest ...`",
+        highlight=False,
+    )
+
+
+def _trained(run: dict) -> str:
+    """One line: how a version was trained (or "-")."""
+    if not run:
+        return "-"
+    order = "curriculum" if run.get("curriculum", True) else "mixed"
+    final = run.get("metrics", {}).get("final_reward")
+    reward = f", reward {final:.3f}" if isinstance(final, int | float) else ""
+    return f"{run.get('trainer', '')} {run.get('steps', '')} steps, {order}, {run.get('data', '?')}{reward}"
 
 
 @policies_app.command("list")
 def policies_list(
     role: Annotated[str | None, typer.Option(help="triage | specialist | attending")] = None,
 ) -> None:
-    """Every registered policy version (newest last), with its training run."""
+    """Every registered policy version (newest last), with the essentials of its training run."""
     store = open_store()
     try:
         rows = store.list_policies(role)
@@ -149,8 +119,6 @@ def policies_list(
     for col in ("id", "role", "created", "parent", "model", "adapter", "trained"):
         table.add_column(col)
     for p in rows:
-        run = p.training_run or {}
-        trained = f"{run.get('trainer', '')} {run.get('steps', '')} steps" if run else "-"
         table.add_row(
             str(p.id),
             p.role,
@@ -158,6 +126,71 @@ def policies_list(
             str(p.parent_id or "-"),
             p.base_model,
             p.adapter_path or "-",
-            trained,
+            _trained(p.training_run or {}),
         )
     console.print(table)
+
+
+def _get_policy(store: TrajectoryStore, version: int):  # -> PolicyVersion
+    policy = store.get_policy(version)
+    if policy is None:
+        fail(f"no policy version {version} (see `mmedagent policies list`)")
+    return policy
+
+
+@policies_app.command("show")
+def policies_show(version: Annotated[int, typer.Argument(help="policy version id")]) -> None:
+    """One version: data source, rows per stage, curriculum or mixed, final reward by difficulty, parent."""
+    store = open_store()
+    try:
+        p = _get_policy(store, version)
+    finally:
+        store.close()
+    run = p.training_run or {}
+    lines = [
+        f"policy version {p.id} ({p.role}), created {p.created_at:%Y-%m-%d %H:%M:%S}, "
+        f"parent {p.parent_id or '-'}",
+        f"model    {p.base_model}",
+        f"adapter  {p.adapter_path or '-'}",
+    ]
+    if run:
+        order = "curriculum" if run.get("curriculum", True) else "mixed"
+        lines += [
+            f"data     {run.get('data', '?')}: {run.get('rows', '?')} rows, {order}, "
+            f"loss {run.get('loss_type', '?')}",
+            f"batch    {run.get('global_batch', '?')} completions a step on "
+            f"{run.get('world_size', '?')} process(es); {run.get('steps', '?')} steps "
+            f"in {run.get('wall_s', '?')} s",
+        ]
+        for st in run.get("stages", []):
+            lines.append(
+                f"stage    {st['stage']:<7} {st.get('rows', '?')} rows, {st['steps']} steps, "
+                f"beta {st['beta']:g}, gamma {st['gamma']:g}"
+            )
+        if run.get("cut_by_max_steps"):
+            lines.append(f"cut      by max_steps: {'; '.join(run['cut_by_max_steps'])}")
+        final = run.get("final_reward_by_difficulty") or {}
+        if final:
+            lines.append("reward   " + ", ".join(f"{k} {v:.3f}" for k, v in final.items()))
+    console.print("\n".join(lines), highlight=False)
+
+
+@policies_app.command("merge")
+def policies_merge(
+    version: Annotated[int, typer.Argument(help="policy version id (a LoRA adapter)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the merged full checkpoint")],
+) -> None:
+    """Fold a version's LoRA adapter into its base model: a full checkpoint for servers without adapters."""
+    from rl.grpo import merge_adapter
+
+    store = open_store()
+    try:
+        p = _get_policy(store, version)
+    finally:
+        store.close()
+    if not p.adapter_path:
+        fail(f"policy version {version} is a full checkpoint already: {p.base_model}")
+    if out.exists() and any(out.iterdir()):
+        fail(f"{out} is not empty: choose another --out")
+    merged = merge_adapter(p.base_model, p.adapter_path, out)
+    console.print(f"merged policy version {version} into {merged}", highlight=False)

@@ -1,0 +1,144 @@
+"""Training benchmark: the curriculum trainer's overhead per step, and the memory of preparing rows.
+
+(a) One GRPO step of rl/grpo.py's CurriculumGRPOTrainer against plain ``trl.GRPOTrainer`` on the
+    tiny checkpoint: the same rows (one stage), config and seed, so both generate the same batch.
+    Each trains ``--steps`` steps; the median of TRL's own ``step_time`` over the steps after the
+    first is compared (ratio curriculum / plain; target <= 1.05).
+(b) Peak RSS of a process that prepares N attending rows for training (rows, curriculum order,
+    ``to_dataset``), for 5,000 and 50,000 rows, next to a process that only imports the same
+    modules. Rows hold the images' stored bytes, decoded when the trainer reads a row; the
+    synthetic clinic draws 1,000 distinct cases, copied (bytes included) up to N so that every row
+    owns its bytes as rows read from the store do.
+
+    .venv/bin/python bench/training.py [--steps 6] [--rows 5000 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DISTINCT = 1000
+
+
+def prepare(n: int) -> None:
+    """Child process: prepare ``n`` attending rows (n = 0: imports only) and print the peak RSS."""
+    from rl.curriculum import order_rows
+    from rl.datasets import synthetic_attending_rows, to_dataset
+    from rl.grpo_config import PAPER_STAGES
+
+    if n:
+        base = synthetic_attending_rows(min(n, DISTINCT), seed=0)
+        rows = [
+            {**r, "images": [bytes(bytearray(b)) for b in r["images"]], "case_id": f"{r['case_id']}-{i}"}
+            for i in range(n)
+            for r in [base[i % len(base)]]
+        ]
+        del base
+        ordered, _ = order_rows(rows, PAPER_STAGES, batch=16, seed=0)
+        dataset = to_dataset(ordered)
+        assert len(dataset) >= n
+    print(json.dumps({"rows": n, "peak_rss_mib": round(_peak_rss_mib(), 1)}))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not inherit the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(n: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--prepare-child", str(n)], env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def step_times(curriculum: bool, model: str, rows: list, work: Path, steps: int) -> list[float]:
+    """TRL's ``step_time`` of each step of a short run."""
+    from trl import GRPOTrainer
+
+    from rl.curriculum import order_rows
+    from rl.datasets import to_dataset
+    from rl.grpo import CurriculumGRPOTrainer, grpo_config, load_policy_model
+    from rl.grpo_config import GRPORecipe, Stage
+    from rl.rewards import REWARD_FUNCS
+
+    stage = Stage("easy", beta=0.04, gamma=0.0)
+    recipe = GRPORecipe(
+        role="attending", model=model, finetune="full", learning_rate=1e-4, num_generations=8,
+        completions_per_step=32, max_completion_length=24, stages=[stage], max_steps=steps,
+        logging_steps=1, progress_bar=False, seed=0,
+    )  # fmt: skip
+    ordered, _ = order_rows(rows, [stage], batch=recipe.prompts_per_step, seed=0)
+    args = grpo_config(recipe, work / ("curriculum" if curriculum else "plain"))
+    args.beta, args.entropy_coef = stage.beta, stage.gamma
+    common = {"model": load_policy_model(recipe), "reward_funcs": REWARD_FUNCS["attending"], "args": args}
+    if curriculum:
+        trainer = CurriculumGRPOTrainer(**common, train_dataset=to_dataset(ordered), stages=[stage])
+    else:
+        trainer = GRPOTrainer(**common, train_dataset=to_dataset([{**r} for r in ordered]))
+    trainer.train()
+    return [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rows", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--prepare-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.prepare_child is not None:
+        prepare(args.prepare_child)
+        return
+
+    import logging
+
+    import torch
+
+    from app.tiny_model import build_tiny_model
+    from rl.datasets import synthetic_attending_rows
+
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = str(build_tiny_model(work / "tiny", size="tiny", seed=0))
+        rows = [r for r in synthetic_attending_rows(120, seed=0, size=56) if r["difficulty"] == "easy"]
+        times = {}
+        for curriculum in (False, True, False, True):  # interleaved: drift hits both alike
+            key = "curriculum" if curriculum else "plain"
+            times.setdefault(key, []).extend(step_times(curriculum, model, rows, work / key, args.steps)[1:])
+    plain, curr = statistics.median(times["plain"]), statistics.median(times["curriculum"])
+    print(f"(a) one GRPO step, tiny model, 4 prompts x 8, median of {len(times['plain'])} steps each")
+    print(f"    plain trl.GRPOTrainer      {plain * 1000:8.1f} ms")
+    print(f"    CurriculumGRPOTrainer      {curr * 1000:8.1f} ms")
+    print(f"    ratio curriculum / plain   {curr / plain:8.3f}   (target <= 1.05)")
+
+    base = _child(0)["peak_rss_mib"]
+    print("(b) peak RSS preparing attending rows (rows + curriculum order + to_dataset)")
+    print(f"    imports only               {base:8.1f} MiB")
+    for n in args.rows:
+        peak = _child(n)["peak_rss_mib"]
+        print(f"    {n:>6} rows                {peak:8.1f} MiB   (+{peak - base:.1f} MiB over imports)")
+
+
+if __name__ == "__main__":
+    main()
