@@ -294,16 +294,10 @@ class TrajectoryStore:
         """Run id -> the right answer by the latest clinician verdict on it (latest verdict wins):
         the answer it gives, else the run's own answer when it said right. A latest verdict of
         "wrong" without an answer labels nothing."""
-        latest = (
-            select(Reward.run_id, func.max(Reward.id).label("id"))
-            .where(Reward.kind == "clinician")
-            .group_by(Reward.run_id)
-            .subquery()
-        )
         stmt = (
             select(Reward.run_id, Reward.value, Reward.answer, Run.answer.label("run_answer"))
-            .join(latest, Reward.id == latest.c.id)
             .join(Run, Run.id == Reward.run_id)
+            .where(Reward.id.in_(latest_verdict_ids()))
         )
         with self._sessions() as s:
             rows = s.execute(stmt).all()
@@ -402,13 +396,13 @@ class TrajectoryStore:
             return list(s.scalars(stmt))
 
 
-def latest_verdict_ids(run_ids: Sequence[str]) -> Select:
-    """Ids of the latest clinician verdict of each run among ``run_ids`` (reward ids grow with time)."""
-    return (
-        select(func.max(Reward.id))
-        .where(Reward.run_id.in_(run_ids), Reward.kind == "clinician", Reward.source == "clinician")
-        .group_by(Reward.run_id)
-    )
+def latest_verdict_ids(run_ids: Sequence[str] | None = None) -> Select:
+    """Ids of the latest clinician verdict of each run (among ``run_ids``, else of every run); the one
+    definition of "latest verdict wins" (reward ids grow with time)."""
+    stmt = select(func.max(Reward.id)).where(Reward.kind == "clinician", Reward.source == "clinician")
+    if run_ids is not None:
+        stmt = stmt.where(Reward.run_id.in_(run_ids))
+    return stmt.group_by(Reward.run_id)
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
