@@ -569,13 +569,10 @@ def merge_adapter(model: str, adapter: str, output_dir: str | Path) -> str:
     return str(out)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m rl.grpo`` (``torchrun --nproc_per_node N -m rl.grpo`` for N processes): the options
-    of ``mmedagent train`` (rl/train.py), without registering the policy."""
-    from rl.train import main as train_main
-
-    train_main(argv)
-
-
 if __name__ == "__main__":
+    # ``python -m rl.grpo`` (``torchrun --nproc_per_node N -m rl.grpo`` for N processes): the options
+    # of ``mmedagent train`` (rl/train.py), without registering the policy. Under this guard only:
+    # rl.train imports this module, so importing it at the top would be a cycle.
+    from rl.train import main
+
     main()

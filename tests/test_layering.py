@@ -1,8 +1,9 @@
 """The packages import strictly downwards: ui -> app -> rl -> graph -> data, with no cycles.
 
 Every import counts, also those inside functions and under ``TYPE_CHECKING``: a function-local
-import that hides a cycle is still a cycle. The one exception: the command line (``app.cli`` and
-its command modules, ``app.commands``) may wire in the UI.
+import that hides a cycle is still a cycle (only a script's ``if __name__ == "__main__":`` entry is
+left out: it never runs on import). The one exception: the command line (``app.cli`` and its
+command modules, ``app.commands``) may wire in the UI.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """The project modules ``name`` imports (``from pkg import mod`` names the module ``pkg.mod``)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+    for node in ast.walk(_without_main_guard(ast.parse(path.read_text(encoding="utf-8"), str(path)))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -49,6 +50,22 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if target and target.split(".")[0] in LAYERS and target != name:
                 found.add(target)
     return found
+
+
+def _without_main_guard(tree: ast.Module) -> ast.Module:
+    """The module without its ``if __name__ == "__main__":`` block: a script's entry never runs on
+    import, so what it imports cannot close an import cycle."""
+    tree.body = [
+        node
+        for node in tree.body
+        if not (
+            isinstance(node, ast.If)
+            and isinstance(node.test, ast.Compare)
+            and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "__name__"
+        )
+    ]
+    return tree
 
 
 def _graph() -> dict[str, set[str]]:
