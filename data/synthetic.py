@@ -7,7 +7,13 @@ learns within a few hundred GRPO steps, DESIGN §6) plus a texture typical of th
 drawn on top encode the *finding*: no mark is the normal finding, and each other finding of a
 modality has its own mark shape (small disc, large disc, ring, line or a cluster of dots).
 
-A case depends only on ``(seed, index, size, image_count)``: ``generate_cases(10)`` is a prefix of
+Image clarity is a property of a case: a ``clear`` image shows its mark; an ``unclear`` one has an
+opaque artefact over the whole region where marks are drawn, so it shows the modality (the border)
+but nothing of the finding. On unclear images only other evidence (the specialists' opinions) can
+tell the answer; the attending's curriculum clinic (rl/simulated.py) uses them only where that
+evidence is right.
+
+A case depends only on ``(seed, index, size, image_count, clarity)``: ``generate_cases(10)`` is a prefix of
 ``generate_cases(100)``, and a case can be rebuilt from its id.
 """
 
@@ -27,6 +33,11 @@ from data.specialties import SPECIALTIES, specialty_for_modality
 RGB = tuple[int, int, int]
 LETTERS = "ABCD"
 PATCH = 28  # Qwen2.5-VL's merged patch side: sizes that are multiples of it tile exactly
+CLARITIES = ("clear", "unclear")
+# The artefact over an unclear image: a flat grey square over every pixel a mark can touch
+# (centres 0.35-0.65 of the side, reach up to 0.22), leaving a border that shows the modality.
+OCCLUDER = (0.1, 0.9)
+OCCLUDER_COLOUR: RGB = (128, 128, 128)
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,12 @@ class SyntheticCase:
     specialty: str  # gold triage label, one of SPECIALTIES
     modality: str
     finding: str  # gold finding key, e.g. "nodule"
+    clarity: str = "clear"  # "clear": the mark shows the finding; "unclear": the finding is hidden
+
+    @property
+    def seen(self) -> str:
+        """What the image visibly shows: ``"<modality>: <finding text>"``, or ``"<modality>: unclear"``."""
+        return f"{self.modality}: {self.answer_text if self.clarity == 'clear' else 'unclear'}"
 
 
 @dataclass(frozen=True)
@@ -150,9 +167,17 @@ def iter_cases(
     yield from (make_case(i, seed=seed, size=size, image_count=image_count) for i in indices)
 
 
-def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1) -> SyntheticCase:
-    """Case number ``index`` of the clinic for ``seed``."""
+def make_case(
+    index: int, *, seed: int = 0, size: int = 56, image_count: int = 1, clarity: str = "clear"
+) -> SyntheticCase:
+    """Case number ``index`` of the clinic for ``seed``; ``clarity="unclear"`` hides its finding.
+
+    The clear and the unclear version of a case share everything but the pixels over the finding
+    (and the case id).
+    """
     _check_args(index, seed, size, image_count)
+    if clarity not in CLARITIES:
+        raise ValueError(f"clarity must be one of {CLARITIES}, got {clarity!r}")
     # Specialties are dealt in shuffled blocks of seven: balanced over any prefix (counts differ
     # by at most one) without a fixed period a model could learn from the case order.
     block, slot = divmod(index, len(SPECIALTIES))
@@ -166,9 +191,9 @@ def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1
     letter = LETTERS[shuffled.index(finding)]
     this = "this image" if image_count == 1 else "these images"
     question = QUESTIONS[int(rng.integers(len(QUESTIONS)))].format(this=this)
-    images = tuple(encode_png(_draw(style, finding, size, rng)) for _ in range(image_count))
+    images = tuple(encode_png(_draw(style, finding, size, rng, clarity)) for _ in range(image_count))
     return SyntheticCase(
-        case_id=f"syn-{seed}-{index:05d}",
+        case_id=f"syn-{seed}-{index:05d}" + ("" if clarity == "clear" else "-unclear"),
         images=images,
         question=question,
         options=tuple(f"{LETTERS[i]}) {f.text}" for i, f in enumerate(shuffled)),
@@ -177,6 +202,7 @@ def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1
         specialty=specialty,
         modality=style.modality,
         finding=finding.key,
+        clarity=clarity,
     )
 
 
@@ -192,14 +218,21 @@ def _check_args(index: int, seed: int, size: int, image_count: int) -> None:
 # --- drawing ------------------------------------------------------------------------------------
 
 
-def _draw(style: ModalityStyle, finding: Finding, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: jittered background, the modality's texture, then the finding's mark."""
+def _draw(
+    style: ModalityStyle, finding: Finding, size: int, rng: np.random.Generator, clarity: str = "clear"
+) -> Image.Image:
+    """One image: jittered background, the modality's texture, the finding's mark, and over it the
+    artefact of an unclear image."""
     jitter = rng.integers(-8, 9, size=3)
     pixels = np.empty((size, size, 3), dtype=np.float32)
     pixels[:] = np.asarray(style.background, dtype=np.float32) + jitter
     _TEXTURES[style.texture](pixels, rng)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    _draw_mark(ImageDraw.Draw(image), finding.mark, style.mark_colour, size, rng)
+    draw = ImageDraw.Draw(image)
+    _draw_mark(draw, finding.mark, style.mark_colour, size, rng)
+    if clarity == "unclear":
+        lo, hi = (round(f * size) for f in OCCLUDER)
+        draw.rectangle((lo, lo, hi, hi), fill=OCCLUDER_COLOUR)
     return image
 
 

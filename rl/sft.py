@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from data.specialties import SPECIALTIES
-from graph.parse import option_letter
+from graph.parse import match_option, option_letter, option_text
 from rl.datasets import Row, to_dataset
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,24 @@ def completion(answer: str, think: str = THINK) -> list[dict[str, str]]:
 
 
 def choices(row: Row, role: str) -> list[str]:
-    """What an answer can name: the specialties (triage) or the option letters (attending)."""
+    """What an answer can name: the specialties (triage) or the options' texts (attending)."""
     if role == "triage":
         return list(SPECIALTIES)
-    return [option_letter(o) or chr(ord("A") + i) for i, o in enumerate(row["options"])]
+    return [option_text(o) for o in row["options"]]
 
 
 def gold_label(row: Row, role: str) -> str:
+    """The gold answer as the completions spell it: the specialty, or the gold option's text."""
     if role == "triage":
         return row["specialty"]
-    letter = row["answer"].strip()
-    return option_letter(letter + ")") or letter
+    letter = match_option(row["answer"], row["options"])
+    return next(
+        (option_text(o) for o in row["options"] if letter and option_letter(o) == letter), row["answer"]
+    )
 
 
 def _sft_row(row: Row, answer: str) -> Row:
-    think = row.get("modality") or THINK
+    think = row.get("seen") or row.get("modality") or THINK
     return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer, think)}
 
 

@@ -15,6 +15,8 @@ from data.images import load_image
 from data.specialties import SPECIALTIES, specialty_for_modality
 from data.synthetic import (
     MODALITY_STYLES,
+    OCCLUDER,
+    OCCLUDER_COLOUR,
     QUESTIONS,
     SPECIALTY_OF_MODALITY,
     SyntheticCase,
@@ -171,3 +173,52 @@ def test_large_marks_are_larger_than_small_ones(cases: list[SyntheticCase]) -> N
 def test_invalid_arguments(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         generate_cases(**kwargs)
+
+
+def test_unclear_image_hides_the_finding_but_not_the_modality() -> None:
+    for index in range(28):
+        clear, unclear = (make_case(index, seed=4, size=112, clarity=c) for c in ("clear", "unclear"))
+        # Same case but for the pixels over the finding (and the id).
+        assert (unclear.question, unclear.options, unclear.answer) == (
+            clear.question,
+            clear.options,
+            clear.answer,
+        )
+        assert unclear.case_id == clear.case_id + "-unclear" and unclear.clarity == "unclear"
+        assert clear.seen == f"{clear.modality}: {clear.answer_text}"
+        assert unclear.seen == f"{clear.modality}: unclear"
+        pixels = decode(unclear.images[0])
+        assert mark_pixels(unclear, pixels) == 0  # no trace of the mark, whatever the finding
+        lo, hi = (round(f * 112) for f in OCCLUDER)
+        assert (pixels[lo : hi + 1, lo : hi + 1] == OCCLUDER_COLOUR).all()
+        # Outside the artefact the image is the clear one's: the modality still shows.
+        outside = np.ones((112, 112), dtype=bool)
+        outside[lo : hi + 1, lo : hi + 1] = False
+        assert (pixels[outside] == decode(clear.images[0])[outside]).all()
+    with pytest.raises(ValueError, match="clarity"):
+        make_case(0, clarity="blurry")
+
+
+def test_attending_clinic_needs_both_the_image_and_the_opinions() -> None:
+    from graph.parse import parse_think_answer
+    from rl.datasets import synthetic_attending_rows
+    from rl.simulated import majority_answer
+
+    rows = synthetic_attending_rows(300, seed=6, size=56)
+    assert {(r["difficulty"], r["clarity"]) for r in rows} == {
+        ("easy", "clear"), ("easy", "unclear"), ("medium", "clear"), ("medium", "unclear"), ("hard", "clear")
+    }  # fmt: skip
+    for row in rows:
+        text = row["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
+        opinions = [line.split("] ", 1)[1] for line in text.splitlines()]
+        majority_right = majority_answer(opinions, row["options"]) == row["answer"]
+        # Every case is answerable: an unclear image only where the majority is right...
+        assert majority_right or row["clarity"] == "clear"
+        # ... and on hard cases the majority is wrong (every specialist names one decoy).
+        assert not majority_right or row["difficulty"] != "hard"
+        # Opinions answer with the option text, so it can be taken over verbatim.
+        answers = {parse_think_answer(o).answer.strip() for o in opinions}
+        assert answers <= {o[3:] for o in row["options"]}
+    single = synthetic_attending_rows(30, seed=6, size=56, opinions=False)
+    assert all("No specialist opinions" in r["prompt"][1]["content"][-1]["text"] for r in single)
+    assert [r["case_id"] for r in single] == [r["case_id"] for r in rows[:30]]
