@@ -5,7 +5,10 @@ generated cases (DESIGN §4). Each image's *style* encodes its modality, and so 
 one strong background colour per modality (seven clearly different colours, which even a tiny VLM
 learns within a few hundred GRPO steps, DESIGN §6) plus a texture typical of the modality. Marks
 drawn on top encode the *finding*: no mark is the normal finding, and each other finding of a
-modality has its own mark shape (small disc, large disc, ring, line or a cluster of dots).
+modality has its own mark shape (small disc, large disc, ring, line or a cluster of dots) and its
+own colour (``MARK_COLOURS``, by the finding's place among the modality's abnormal findings). The
+colour is what a tiny VLM reads: with shape alone (one colour per modality) the tiny model's format
+warm-up named the finding of 14 of 49 clear held-out images after 200 steps, no better than chance.
 
 Image clarity is a property of a case: a ``clear`` image shows its mark; an ``unclear`` one has an
 opaque artefact over the whole region where marks are drawn, so it shows the modality (the border)
@@ -35,7 +38,7 @@ LETTERS = "ABCD"
 PATCH = 28  # Qwen2.5-VL's merged patch side: sizes that are multiples of it tile exactly
 CLARITIES = ("clear", "unclear")
 # The artefact over an unclear image: a flat grey square over every pixel a mark can touch
-# (centres 0.35-0.65 of the side, reach up to 0.22), leaving a border that shows the modality.
+# (centres 0.4-0.6 of the side, reach up to 0.26 of it), leaving a border that shows the modality.
 OCCLUDER = (0.1, 0.9)
 OCCLUDER_COLOUR: RGB = (128, 128, 128)
 
@@ -72,64 +75,67 @@ class Finding:
 
 @dataclass(frozen=True)
 class ModalityStyle:
-    """How images of one modality look: background, texture, mark colour and its findings."""
+    """How images of one modality look: background, texture and its findings."""
 
     modality: str
     background: RGB
     texture: str
-    mark_colour: RGB
     findings: tuple[Finding, ...]  # exactly four, the first one normal: the four options
 
 
-# One modality per specialty, in SPECIALTIES order. Mark colours sit far from anything the
-# background or texture produces, so a mark is unambiguous even at 56×56.
+# The colours of a modality's first, second and third abnormal finding. They sit far from anything
+# any background or texture produces, so a mark is unambiguous even at 56×56.
+MARK_COLOURS: tuple[RGB, RGB, RGB] = ((255, 255, 255), (255, 0, 255), (0, 220, 255))
+
+
+# One modality per specialty, in SPECIALTIES order.
 MODALITY_STYLES: dict[str, ModalityStyle] = {
     style.modality: style
     for style in (
         ModalityStyle(
-            "histology", (230, 150, 200), "nuclei", (70, 20, 90),
+            "histology", (230, 150, 200), "nuclei",
             (Finding("normal", "Normal tissue", "none"),
              Finding("carcinoma", "Invasive carcinoma", "large_disc"),
              Finding("granuloma", "Granuloma", "ring"),
              Finding("inflammation", "Acute inflammation", "dots")),
         ),
         ModalityStyle(
-            "ct", (70, 70, 70), "body_outline", (245, 245, 245),
+            "ct", (70, 70, 70), "body_outline",
             (Finding("normal", "No abnormality", "none"),
              Finding("nodule", "Pulmonary nodule", "small_disc"),
              Finding("mass", "Mass", "large_disc"),
              Finding("fracture", "Fracture", "line")),
         ),
         ModalityStyle(
-            "endoscopy", (190, 50, 45), "vignette", (250, 240, 170),
+            "endoscopy", (190, 50, 45), "vignette",
             (Finding("normal", "Normal mucosa", "none"),
              Finding("polyp", "Polyp", "small_disc"),
              Finding("ulcer", "Ulcer", "ring"),
              Finding("tumour", "Exophytic tumour", "large_disc")),
         ),
         ModalityStyle(
-            "pet", (35, 45, 160), "blotches", (255, 230, 0),
+            "pet", (35, 45, 160), "blotches",
             (Finding("normal", "No abnormal uptake", "none"),
              Finding("solitary_lesion", "Solitary hypermetabolic lesion", "small_disc"),
              Finding("metastases", "Multiple metastases", "dots"),
              Finding("bulky_mass", "Bulky hypermetabolic mass", "large_disc")),
         ),
         ModalityStyle(
-            "thyroid", (40, 150, 70), "speckle", (10, 10, 10),
+            "thyroid", (40, 150, 70), "speckle",
             (Finding("normal", "Normal thyroid", "none"),
              Finding("nodule", "Thyroid nodule", "small_disc"),
              Finding("cyst", "Thyroid cyst", "ring"),
              Finding("goitre", "Diffuse goitre", "large_disc")),
         ),
         ModalityStyle(
-            "fundus", (225, 120, 30), "circular_field", (110, 0, 0),
+            "fundus", (225, 120, 30), "circular_field",
             (Finding("normal", "Normal fundus", "none"),
              Finding("haemorrhages", "Retinal haemorrhages", "dots"),
              Finding("detachment", "Retinal detachment", "line"),
              Finding("macular_hole", "Macular hole", "ring")),
         ),
         ModalityStyle(
-            "dermoscopy", (225, 195, 120), "grid", (60, 35, 20),
+            "dermoscopy", (225, 195, 120), "grid",
             (Finding("normal", "Normal skin", "none"),
              Finding("naevus", "Benign naevus", "small_disc"),
              Finding("melanoma", "Melanoma", "large_disc"),
@@ -150,6 +156,11 @@ QUESTIONS: tuple[str, ...] = (
     "Based on {this}, which diagnosis is most likely?",
     "What does {this} most likely show?",
 )
+
+
+def mark_colour(style: ModalityStyle, finding: Finding) -> RGB:
+    """The colour ``finding``'s mark is drawn in on images of ``style`` (by its place among the findings)."""
+    return MARK_COLOURS[(style.findings.index(finding) - 1) % len(MARK_COLOURS)]
 
 
 def generate_cases(n: int, *, seed: int = 0, size: int = 56, image_count: int = 1) -> list[SyntheticCase]:
@@ -229,7 +240,7 @@ def _draw(
     _TEXTURES[style.texture](pixels, rng)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    _draw_mark(draw, finding.mark, style.mark_colour, size, rng)
+    _draw_mark(draw, finding.mark, mark_colour(style, finding), size, rng)
     if clarity == "unclear":
         lo, hi = (round(f * size) for f in OCCLUDER)
         draw.rectangle((lo, lo, hi, hi), fill=OCCLUDER_COLOUR)
@@ -311,18 +322,20 @@ def _draw_mark(
     """Draw ``mark`` at a random spot that stays inside every texture's field of view."""
     if mark == "none":
         return
-    width = max(1, round(size / PATCH))
-    cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+    # Marks are large (a tiny vision tower reads a finding from a few of its 2x2-patch tokens) and
+    # stay inside OCCLUDER's square, whatever their centre and angle.
+    width = max(2, round(size / 14))
+    cx, cy = rng.uniform(0.4, 0.6, size=2) * size
 
     def disc(x: float, y: float, r: float) -> None:
         draw.ellipse((round(x - r), round(y - r), round(x + r), round(y + r)), fill=colour)
 
     if mark == "small_disc":
-        disc(cx, cy, 0.07 * size)
+        disc(cx, cy, 0.11 * size)
     elif mark == "large_disc":
-        disc(cx, cy, 0.18 * size)
+        disc(cx, cy, 0.26 * size)
     elif mark == "ring":
-        r = 0.14 * size
+        r = 0.24 * size
         draw.ellipse(
             (round(cx - r), round(cy - r), round(cx + r), round(cy + r)), outline=colour, width=width
         )
@@ -331,7 +344,7 @@ def _draw_mark(
         dx, dy = 0.22 * size * math.cos(angle), 0.22 * size * math.sin(angle)
         draw.line((round(cx - dx), round(cy - dy), round(cx + dx), round(cy + dy)), fill=colour, width=width)
     elif mark == "dots":
-        for x, y in rng.uniform(0.28, 0.72, size=(int(rng.integers(3, 6)), 2)) * size:
-            disc(x, y, 0.04 * size)
+        for x, y in rng.uniform(0.25, 0.75, size=(int(rng.integers(4, 7)), 2)) * size:
+            disc(x, y, 0.07 * size)
     else:
         raise ValueError(f"unknown mark {mark!r}")
