@@ -4,15 +4,22 @@ Triage (per seed): a fresh tiny Qwen2.5-VL (weights seeded) -> random-label SFT 
 held-out accuracy ("before") -> GRPO (rl/recipes/tiny-triage.yaml) -> held-out accuracy ("GRPO"),
 and the SFT baseline: gold-label SFT from the same warm-up on the same number of training cases.
 
-Attending (per seed): warm-up -> GRPO with curriculum (easy -> medium -> hard), GRPO without
-(mixed, shuffled), and gold-label SFT, each from the same warm-up; held-out accuracy per difficulty
-next to "copy the specialists' majority" and chance. The simulated specialists' opinions are right
-on every easy case, on some of each medium case and on no hard case; wrong ones agree on a decoy.
+Attending (per seed): the synthetic clinic's attending cases (rl/simulated.py: opinions right on
+every easy case, on some of each medium case, on no hard case, wrong ones on one shared decoy; an
+unclear image, its finding hidden, only where the majority is right). From one format warm-up:
+image-only (curriculum GRPO without opinions, ``single`` mode), gold-label SFT, mixed GRPO,
+curriculum GRPO without the entropy bonus and with it (the paper), every GRPO variant on the same
+rows for the same number of steps; next to chance, copy-the-majority and the perfect attending's
+ceiling. Held-out accuracy overall / per difficulty / per image clarity, each with a 95% bootstrap
+CI over held-out cases, and the paired difference curriculum - mixed on hard cases.
+``--json FILE`` writes ``{"attending": {seed: {method: {all, easy, medium, hard}}}}`` (and
+``{"triage": {seed: {before, grpo}}}``).
 
 Accuracy is greedy decoding through the serving backend (app/backends/local.py), on held-out cases
 of another seed. Wall times are measured here, on whatever else the machine is running.
 
     .venv/bin/python bench/learning.py [--part triage|attending|all] [--seeds 0 1 2] [--steps N]
+        [--methods image-only sft mixed curriculum-no-entropy curriculum] [--json FILE]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from transformers import TrainerCallback  # noqa: E402
 from app.backends.local import TransformersBackend  # noqa: E402
 from app.tiny_model import build_tiny_model  # noqa: E402
 from graph.protocol import ChatRequest, Completion  # noqa: E402
+from rl.curriculum import order_rows  # noqa: E402
 from rl.datasets import synthetic_attending_rows, synthetic_triage_rows  # noqa: E402
 from rl.grpo import score_policy, train_grpo  # noqa: E402
 from rl.grpo_config import GRPORecipe, Stage  # noqa: E402
@@ -249,10 +257,14 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "curriculum": ({}, True),
     }
     processor = AutoProcessor.from_pretrained(warm)
+    # Every GRPO variant makes the curriculum's number of steps (its stages are each padded to whole
+    # batches; the mixed stage is not): the same number of generated completions for each.
+    ordered, _ = order_rows(rows, paper.stages, batch=paper.prompts_per_step, curriculum=True)
+    steps = len(ordered) // paper.prompts_per_step
     for name in args.methods:
         if name in variants:
             change, with_opinions = variants[name]
-            recipe = GRPORecipe(**{**paper.to_dict(), **change, "model": warm})
+            recipe = GRPORecipe(**{**paper.to_dict(), **change, "model": warm, "max_steps": steps})
             train = rows if with_opinions else synthetic_attending_rows(len(rows), seed=seed, opinions=False)
             test = (
                 held

@@ -11,13 +11,16 @@ import pytest
 import torch
 
 from app.backends.local import TransformersBackend
-from rl.datasets import synthetic_attending_rows, synthetic_triage_rows
+from rl.datasets import synthetic_triage_rows
 from rl.grpo import RUN_FILE, score_policy, train_grpo
 from rl.grpo_config import GRPORecipe
 from rl.sft import format_warmup
-from rl.simulated import majority_answer
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(2400),  # about 8 minutes alone on 2 CPU cores; the global limit is for hangs
+    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
+]
 
 STEPS = 200
 WARMUP = 150
@@ -53,46 +56,3 @@ def test_grpo_raises_held_out_triage_accuracy_from_chance(tiny_model_dir, tmp_pa
     history = json.loads((tmp_path / "grpo" / RUN_FILE).read_text())["log_history"]
     train_acc = [h[KEY] for h in history if KEY in h]
     assert train_acc[-1] > train_acc[0] + 0.1, train_acc  # the sampled completions got better too
-
-
-ATTENDING_WARMUP = 200
-ATTENDING_ROWS = 384
-
-
-def test_curriculum_grpo_teaches_the_attending_to_overrule_wrong_specialists(
-    tiny_model_dir, tmp_path, one_thread
-):
-    """The attending's clinic needs the image (on hard cases every specialist names one decoy) and
-    the opinions (unclear images): from the format warm-up, curriculum GRPO (the paper's recipe,
-    rl/recipes/tiny-attending.yaml) must beat copying the majority clearly on hard cases and
-    overall, and overall beat the best any image-only policy can do (every clear case right, a
-    quarter of the unclear ones)."""
-    recipe = GRPORecipe.from_yaml("rl/recipes/tiny-attending.yaml", seed=0)
-    rows = synthetic_attending_rows(ATTENDING_ROWS, seed=0)
-    held = synthetic_attending_rows(120, seed=10_000)
-    hard = [r for r in held if r["difficulty"] == "hard"]
-    unclear_share = sum(r["clarity"] == "unclear" for r in held) / len(held)
-    majority = {
-        "all": sum(majority_right(r) for r in held) / len(held),
-        "hard": sum(majority_right(r) for r in hard) / len(hard),
-    }
-    assert majority["hard"] == 0.0 and unclear_share > 0.2  # the clinic needs both sources
-
-    warm = format_warmup(
-        str(tiny_model_dir), rows, "attending", tmp_path / "warm", steps=ATTENDING_WARMUP, progress_bar=False
-    )
-    recipe.model = str(warm.policy_path)
-    result = train_grpo(recipe, rows, tmp_path / "grpo")
-    assert [s["stage"] for s in result.stages] == ["easy", "medium", "hard"]
-    acc = score_policy(TransformersBackend(str(result.policy_path)), held, "attending")
-
-    assert acc["hard"] >= majority["hard"] + 0.4, acc
-    assert acc["all"] >= majority["all"] + 0.1, (acc, majority)
-    image_only_best = (1 - unclear_share) + unclear_share / 4
-    assert acc["all"] > image_only_best, (acc, image_only_best)
-
-
-def majority_right(row) -> bool:
-    text = row["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
-    opinions = [line.split("] ", 1)[1] for line in text.splitlines()]
-    return majority_answer(opinions, row["options"]) == row["answer"]
