@@ -16,11 +16,7 @@ from rl.grpo import RUN_FILE, score_policy, train_grpo
 from rl.grpo_config import GRPORecipe
 from rl.sft import format_warmup
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(2400),  # about 8 minutes alone on 2 CPU cores; the global limit is for hangs
-    pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 
 STEPS = 200
 WARMUP = 150
