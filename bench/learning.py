@@ -278,8 +278,8 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
             out[name] = (right, run.steps, completions, run.wall_s)
         elif name == "sft":
             epochs = sum(s.epochs for s in paper.stages) / len(paper.stages)
-            steps = max(1, round(len(rows) * epochs / 16))
-            sft = train_sft(SFTRecipe(warm, steps=steps, seed=seed, progress_bar=False),
+            sft_steps = max(1, round(len(rows) * epochs / 16))
+            sft = train_sft(SFTRecipe(warm, steps=sft_steps, seed=seed, progress_bar=False),
                             gold_completions(rows, "attending"), work / "sft")  # fmt: skip
             out["sft"] = (
                 per_case(TransformersBackend(str(sft.policy_path)), held, tokens),
