@@ -89,9 +89,22 @@ _LINES = (
 
 
 def _corpus() -> list[str]:
-    """A deterministic corpus covering the words of the chat template and the project's prompts."""
+    """A deterministic corpus covering the words of the chat template and the project's prompts.
+
+    It includes the synthetic clinic's findings and modalities, as said in a think and an answer,
+    so each is a few whole-word tokens (not a dozen byte pieces) the tiny model can copy between
+    the image's description, the specialists' opinions and its answer.
+    """
+    from data.synthetic import MODALITY_STYLES
+
     lines = [*_LINES, _WORDS, _WORDS.title(), _WORDS.upper()]
     lines += [f"{name}: the {name} says {name.lower()} review. {name}s agree." for name in SPECIALTIES]
+    for style in MODALITY_STYLES.values():
+        for finding in style.findings:
+            lines.append(
+                f"{style.modality}: {finding.text} {style.modality}: unclear <answer> {finding.text}"
+            )
+            lines.append(f"The image shows {finding.text.lower()}.")
     # Repeated so every word clears the trainer's min_frequency and becomes a token.
     return lines * 3
 

@@ -4,20 +4,28 @@ Triage (per seed): a fresh tiny Qwen2.5-VL (weights seeded) -> random-label SFT 
 held-out accuracy ("before") -> GRPO (rl/recipes/tiny-triage.yaml) -> held-out accuracy ("GRPO"),
 and the SFT baseline: gold-label SFT from the same warm-up on the same number of training cases.
 
-Attending (per seed): warm-up -> GRPO with curriculum (easy -> medium -> hard), GRPO without
-(mixed, shuffled), and gold-label SFT, each from the same warm-up; held-out accuracy per difficulty
-next to "copy the specialists' majority" and chance. The simulated specialists' opinions are right
-on every easy case, on some of each medium case and on no hard case; wrong ones agree on a decoy.
+Attending (per seed): the synthetic clinic's attending cases (rl/simulated.py: opinions right on
+every easy case, on some of each medium case, on no hard case, wrong ones on one shared decoy; an
+unclear image, its finding hidden, only where the majority is right). From one format warm-up:
+image-only (curriculum GRPO without opinions, ``single`` mode), gold-label SFT, mixed GRPO,
+curriculum GRPO without the entropy bonus and with it (the paper), every GRPO variant on the same
+rows for the same number of steps; next to chance, copy-the-majority and the perfect attending's
+ceiling. Held-out accuracy overall / per difficulty / per image clarity, each with a 95% bootstrap
+CI over held-out cases, and the paired difference curriculum - mixed on hard cases.
+``--json FILE`` writes ``{"attending": {seed: {method: {all, easy, medium, hard}}}}`` (and
+``{"triage": {seed: {before, grpo}}}``).
 
 Accuracy is greedy decoding through the serving backend (app/backends/local.py), on held-out cases
 of another seed. Wall times are measured here, on whatever else the machine is running.
 
     .venv/bin/python bench/learning.py [--part triage|attending|all] [--seeds 0 1 2] [--steps N]
+        [--methods image-only sft mixed curriculum-no-entropy curriculum] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -35,9 +43,10 @@ from transformers import TrainerCallback  # noqa: E402
 from app.backends.local import TransformersBackend  # noqa: E402
 from app.tiny_model import build_tiny_model  # noqa: E402
 from graph.protocol import ChatRequest, Completion  # noqa: E402
+from rl.curriculum import order_rows  # noqa: E402
 from rl.datasets import synthetic_attending_rows, synthetic_triage_rows  # noqa: E402
 from rl.grpo import score_policy, train_grpo  # noqa: E402
-from rl.grpo_config import GRPORecipe  # noqa: E402
+from rl.grpo_config import GRPORecipe, Stage  # noqa: E402
 from rl.sft import SFTRecipe, format_warmup, gold_completions, train_sft  # noqa: E402
 from rl.simulated import majority_answer  # noqa: E402
 
@@ -152,27 +161,158 @@ def triage(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def attending(
-    seed: int, work: Path, args: argparse.Namespace
-) -> list[tuple[str, dict[str, float], int, float]]:
-    curriculum = GRPORecipe.from_yaml(args.attending_recipe, seed=seed)
+GROUPS = ("all", *LEVELS, "clear", "unclear")
+ATTENDING_METHODS = (
+    "chance",
+    "majority",
+    "image-only",
+    "sft",
+    "mixed",
+    "curriculum-no-entropy",
+    "curriculum",
+)
+
+
+def per_case(backend: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch: int = 64) -> list[float]:
+    """1.0 / 0.0 per held-out row: does the greedy answer name the gold option?"""
+    from graph.protocol import Sampling
+    from rl.rewards import answer_accuracy_value
+
+    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
+    right: list[float] = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        done = backend.generate([ChatRequest(r["prompt"], list(r["images"]), sampling) for r in chunk])
+        right += [
+            answer_accuracy_value(c.text, r["answer"], r["options"]) for r, c in zip(chunk, done, strict=True)
+        ]
+    return right
+
+
+def majority_per_case(rows: list[dict[str, Any]]) -> list[float]:
+    """Per row: does the option most specialists named match the gold one? (copy the majority)"""
+    out = []
+    for r in rows:
+        text = r["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
+        opinions = [line.split("] ", 1)[1] for line in text.splitlines()]
+        out.append(float(majority_answer(opinions, r["options"]) == r["answer"]))
+    return out
+
+
+def ceiling_per_case(rows: list[dict[str, Any]]) -> list[float]:
+    """A perfect attending: right wherever the evidence shown decides the case (a clear image, or
+    opinions whose majority is right). The clinic makes that every case: 1.0."""
+    return [
+        float(r["clarity"] == "clear" or m == 1.0) for r, m in zip(rows, majority_per_case(rows), strict=True)
+    ]
+
+
+def group_of(row: dict[str, Any], group: str) -> bool:
+    return group == "all" or group in (row["difficulty"], row["clarity"])
+
+
+def bootstrap(values: list[float], rng: Any, n: int = 2000) -> tuple[float, float, float]:
+    """Mean and its 95% percentile-bootstrap interval over cases."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if not len(v):
+        return float("nan"), float("nan"), float("nan")
+    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
+    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def summarise(
+    right: list[float], rows: list[dict[str, Any]], seed: int
+) -> dict[str, tuple[float, float, float]]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return {
+        g: bootstrap([x for x, r in zip(right, rows, strict=True) if group_of(r, g)], rng) for g in GROUPS
+    }
+
+
+def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Every method's per-case held-out correctness for one seed, with steps, completions and wall time."""
+    from transformers import AutoProcessor
+
+    paper = GRPORecipe.from_yaml(args.attending_recipe, seed=seed)
     rows = synthetic_attending_rows(args.attending_rows, seed=seed)
     held = synthetic_attending_rows(args.heldout, seed=10_000 + seed)
-    curriculum.model, _, _ = warm_start(seed, rows, "attending", work, args)
-    results = [
-        ("majority", majority_baseline(held), 0, 0.0),
-        ("before", accuracy(curriculum.model, held, "attending"), 0, 0.0),
-    ]
-    for name, use_curriculum in (("curriculum", True), ("mixed", False)):
-        recipe = GRPORecipe(**{**curriculum.to_dict(), "curriculum": use_curriculum})
-        run = train_grpo(recipe, rows, work / name)
-        results.append(
-            (f"GRPO {name}", accuracy(str(run.policy_path), held, "attending"), run.steps, run.wall_s)
-        )
-    sft = train_sft(SFTRecipe(curriculum.model, steps=max(1, len(rows) // 16), seed=seed, progress_bar=False),
-                    gold_completions(rows, "attending"), work / "sft")  # fmt: skip
-    results.append(("SFT", accuracy(str(sft.policy_path), held, "attending"), sft.steps, sft.wall_s))
-    return results
+    warm, warm_s, warm_steps = warm_start(seed, rows, "attending", work, args)
+    tokens = paper.max_completion_length
+    out: dict[str, Any] = {
+        "rows": held, "warm_s": warm_s, "warm_steps": warm_steps,
+        "chance": ([1 / len(r["options"]) for r in held], 0, 0, 0.0),
+        "majority": (majority_per_case(held), 0, 0, 0.0),
+        "ceiling": (ceiling_per_case(held), 0, 0, 0.0),
+        "before": (per_case(TransformersBackend(warm), held, tokens), 0, 0, 0.0),
+    }  # fmt: skip
+    no_entropy = [Stage(s.name, s.beta, 0.0, s.epochs) for s in paper.stages]
+    variants = {
+        "image-only": ({}, False),
+        "mixed": ({"curriculum": False}, True),
+        "curriculum-no-entropy": ({"stages": no_entropy}, True),
+        "curriculum": ({}, True),
+    }
+    processor = AutoProcessor.from_pretrained(warm)
+    # Every GRPO variant makes the curriculum's number of steps (its stages are each padded to whole
+    # batches; the mixed stage is not): the same number of generated completions for each.
+    ordered, _ = order_rows(rows, paper.stages, batch=paper.prompts_per_step, curriculum=True)
+    steps = len(ordered) // paper.prompts_per_step
+    for name in args.methods:
+        if name in variants:
+            change, with_opinions = variants[name]
+            recipe = GRPORecipe(**{**paper.to_dict(), **change, "model": warm, "max_steps": steps})
+            train = rows if with_opinions else synthetic_attending_rows(len(rows), seed=seed, opinions=False)
+            test = (
+                held
+                if with_opinions
+                else synthetic_attending_rows(len(held), seed=10_000 + seed, opinions=False)
+            )
+            curve = HeldOutCurve(processor, test[: len(test) // 2], "attending", args.eval_every)
+            run = train_grpo(recipe, train, work / name, callbacks=[curve] if args.eval_every else [])
+            completions = run.steps * recipe.completions_per_step
+            right = per_case(TransformersBackend(str(run.policy_path)), test, tokens)
+            out[name] = (right, run.steps, completions, run.wall_s)
+        elif name == "sft":
+            epochs = sum(s.epochs for s in paper.stages) / len(paper.stages)
+            sft_steps = max(1, round(len(rows) * epochs / 16))
+            sft = train_sft(SFTRecipe(warm, steps=sft_steps, seed=seed, progress_bar=False),
+                            gold_completions(rows, "attending"), work / "sft")  # fmt: skip
+            out["sft"] = (
+                per_case(TransformersBackend(str(sft.policy_path)), held, tokens),
+                sft.steps,
+                0,
+                sft.wall_s,
+            )
+    return out
+
+
+def cell(stat: tuple[float, float, float]) -> str:
+    return f"{stat[0]:.3f} [{stat[1]:.2f},{stat[2]:.2f}]"
+
+
+def print_attending(seed: int, result: dict[str, Any], report: dict[str, Any]) -> None:
+    import numpy as np
+
+    held = result["rows"]
+    for name in ("ceiling", "before", *ATTENDING_METHODS):
+        if name not in result:
+            continue
+        right, steps, completions, wall = result[name]
+        stats = summarise(right, held, seed)
+        print(f"{seed:4d}  {name:21s} " + "  ".join(cell(stats[g]) for g in GROUPS)
+              + f"  {steps:5d} {completions:6d} {wall:7.1f}", flush=True)  # fmt: skip
+        if name in ATTENDING_METHODS:
+            report.setdefault(str(seed), {})[name] = {g: round(stats[g][0], 4) for g in ("all", *LEVELS)}
+    if "curriculum" in result and "mixed" in result:
+        hard = [i for i, r in enumerate(held) if r["difficulty"] == "hard"]
+        diff = [result["curriculum"][0][i] - result["mixed"][0][i] for i in hard]
+        mean, lo, hi = bootstrap(diff, np.random.default_rng(seed + 1))
+        print(f"{seed:4d}  curriculum - mixed on hard cases (paired, n={len(hard)}): "
+              f"{mean:+.3f} [{lo:+.3f},{hi:+.3f}]", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -188,6 +328,14 @@ def main() -> None:
     ap.add_argument("--attending-recipe", type=Path, default=RECIPES / "tiny-attending.yaml")
     ap.add_argument("--skip-sft", action="store_true", help="GRPO only (quicker)")
     ap.add_argument("--eval-every", type=int, default=100, help="held-out curve every N GRPO steps (0: off)")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(ATTENDING_METHODS[2:]),
+        choices=ATTENDING_METHODS[2:],
+        help="attending methods to train (chance and majority are always printed)",
+    )
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     ap.add_argument("--cache", type=Path, default=None, help="keep and reuse the warm-up checkpoints here")
     args = ap.parse_args()
     import torch
@@ -196,6 +344,7 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
+    report: dict[str, Any] = {}
     print(
         f"bench/learning.py: tiny Qwen2.5-VL on CPU ({args.threads} thread), seeds {args.seeds}", flush=True
     )
@@ -205,6 +354,7 @@ def main() -> None:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(prefix=f"learn-tri-{seed}-") as tmp:
                 r = triage(seed, Path(tmp), args)
+            report.setdefault("triage", {})[str(seed)] = {"before": r["before"], "grpo": r["grpo"]}
             print(
                 f"{r['seed']:4d}  {r['before']:6.3f} {r['grpo']:6.3f} {r['grpo_steps']:6d} {r['grpo_s']:7.1f}"
                 f" | {r['sft']:6.3f} {r['sft_steps']:6d} {r['sft_s']:6.1f}"
@@ -212,16 +362,19 @@ def main() -> None:
                 flush=True,
             )
     if args.part in ("attending", "all"):
-        print("\nattending: held-out accuracy (greedy) by difficulty; chance = 0.25", flush=True)
-        print("seed  method            easy  medium    hard     all  steps  train s", flush=True)
+        print(
+            "\nattending: held-out accuracy (greedy) [95% bootstrap CI over cases]; chance = 1/4", flush=True
+        )
+        print("seed  method                " + "  ".join(f"{g:17s}" for g in GROUPS)
+              + "  steps  compl  train s", flush=True)  # fmt: skip
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(prefix=f"learn-att-{seed}-") as tmp:
-                for name, acc, steps, wall in attending(seed, Path(tmp), args):
-                    print(
-                        f"{seed:4d}  {name:15s} {fmt(acc, (*LEVELS, 'all'))}  {steps:5d}  {wall:7.1f}",
-                        flush=True,
-                    )
+                result = attending(seed, Path(tmp), args)
+            print_attending(seed, result, report.setdefault("attending", {}))
+            print(f"{seed:4d}  warm-up {result['warm_steps']} steps {result['warm_s']:.0f} s", flush=True)
     print(f"\ntotal wall time {time.perf_counter() - started:.0f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,18 @@ gold specialty: one strong background colour per modality (seven clearly differe
 even a tiny VLM learns within a few hundred GRPO steps, docs/learning.md) plus a texture typical of
 the modality. Marks drawn on top encode the *finding*: no mark is the normal finding, and each
 other finding of a modality has its own mark shape (small disc, large disc, ring, line or a
-cluster of dots).
+cluster of dots) and its own colour (``MARK_COLOURS``, by the finding's place among the modality's
+abnormal findings). The colour is what a tiny VLM reads: with shape alone (one colour per
+modality) the tiny model's format warm-up named the finding of 14 of 49 clear held-out images
+after 200 steps, no better than chance.
 
-A case depends only on ``(seed, index, size, image_count)``: ``generate_cases(10)`` is a prefix of
+Image clarity is a property of a case: a ``clear`` image shows its mark; an ``unclear`` one has an
+opaque artefact over the whole region where marks are drawn, so it shows the modality (the border)
+but nothing of the finding. On unclear images only other evidence (the specialists' opinions) can
+tell the answer; the attending's curriculum clinic (rl/simulated.py) uses them only where that
+evidence is right.
+
+A case depends only on ``(seed, index, size, image_count, clarity)``: ``generate_cases(10)`` is a prefix of
 ``generate_cases(100)``, and a case can be rebuilt from its id.
 """
 
@@ -28,6 +37,11 @@ from data.specialties import SPECIALTIES, specialty_for_modality
 RGB = tuple[int, int, int]
 LETTERS = "ABCD"
 PATCH = 28  # Qwen2.5-VL's merged patch side: sizes that are multiples of it tile exactly
+CLARITIES = ("clear", "unclear")
+# The artefact over an unclear image: a flat grey square over every pixel a mark can touch
+# (centres 0.48-0.52 of the side, reach up to 0.37 of it), leaving a border that shows the modality.
+OCCLUDER = (0.1, 0.9)
+OCCLUDER_COLOUR: RGB = (128, 128, 128)
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,12 @@ class SyntheticCase:
     specialty: str  # gold triage label, one of SPECIALTIES
     modality: str
     finding: str  # gold finding key, e.g. "nodule"
+    clarity: str = "clear"  # "clear": the mark shows the finding; "unclear": the finding is hidden
+
+    @property
+    def seen(self) -> str:
+        """What the image visibly shows: ``"<modality>: <finding text>"``, or ``"<modality>: unclear"``."""
+        return f"{self.modality}: {self.answer_text if self.clarity == 'clear' else 'unclear'}"
 
 
 @dataclass(frozen=True)
@@ -56,64 +76,67 @@ class Finding:
 
 @dataclass(frozen=True)
 class ModalityStyle:
-    """How images of one modality look: background, texture, mark colour and its findings."""
+    """How images of one modality look: background, texture and its findings."""
 
     modality: str
     background: RGB
     texture: str
-    mark_colour: RGB
     findings: tuple[Finding, ...]  # exactly four, the first one normal: the four options
 
 
-# One modality per specialty, in SPECIALTIES order. Mark colours sit far from anything the
-# background or texture produces, so a mark is unambiguous even at 56×56.
+# The colours of a modality's first, second and third abnormal finding. They sit far from anything
+# any background or texture produces, so a mark is unambiguous even at 56×56.
+MARK_COLOURS: tuple[RGB, RGB, RGB] = ((255, 255, 255), (255, 0, 255), (0, 220, 255))
+
+
+# One modality per specialty, in SPECIALTIES order.
 MODALITY_STYLES: dict[str, ModalityStyle] = {
     style.modality: style
     for style in (
         ModalityStyle(
-            "histology", (230, 150, 200), "nuclei", (70, 20, 90),
+            "histology", (230, 150, 200), "nuclei",
             (Finding("normal", "Normal tissue", "none"),
              Finding("carcinoma", "Invasive carcinoma", "large_disc"),
              Finding("granuloma", "Granuloma", "ring"),
              Finding("inflammation", "Acute inflammation", "dots")),
         ),
         ModalityStyle(
-            "ct", (70, 70, 70), "body_outline", (245, 245, 245),
+            "ct", (70, 70, 70), "body_outline",
             (Finding("normal", "No abnormality", "none"),
              Finding("nodule", "Pulmonary nodule", "small_disc"),
              Finding("mass", "Mass", "large_disc"),
              Finding("fracture", "Fracture", "line")),
         ),
         ModalityStyle(
-            "endoscopy", (190, 50, 45), "vignette", (250, 240, 170),
+            "endoscopy", (190, 50, 45), "vignette",
             (Finding("normal", "Normal mucosa", "none"),
              Finding("polyp", "Polyp", "small_disc"),
              Finding("ulcer", "Ulcer", "ring"),
              Finding("tumour", "Exophytic tumour", "large_disc")),
         ),
         ModalityStyle(
-            "pet", (35, 45, 160), "blotches", (255, 230, 0),
+            "pet", (35, 45, 160), "blotches",
             (Finding("normal", "No abnormal uptake", "none"),
              Finding("solitary_lesion", "Solitary hypermetabolic lesion", "small_disc"),
              Finding("metastases", "Multiple metastases", "dots"),
              Finding("bulky_mass", "Bulky hypermetabolic mass", "large_disc")),
         ),
         ModalityStyle(
-            "thyroid", (40, 150, 70), "speckle", (10, 10, 10),
+            "thyroid", (40, 150, 70), "speckle",
             (Finding("normal", "Normal thyroid", "none"),
              Finding("nodule", "Thyroid nodule", "small_disc"),
              Finding("cyst", "Thyroid cyst", "ring"),
              Finding("goitre", "Diffuse goitre", "large_disc")),
         ),
         ModalityStyle(
-            "fundus", (225, 120, 30), "circular_field", (110, 0, 0),
+            "fundus", (225, 120, 30), "circular_field",
             (Finding("normal", "Normal fundus", "none"),
              Finding("haemorrhages", "Retinal haemorrhages", "dots"),
              Finding("detachment", "Retinal detachment", "line"),
              Finding("macular_hole", "Macular hole", "ring")),
         ),
         ModalityStyle(
-            "dermoscopy", (225, 195, 120), "grid", (60, 35, 20),
+            "dermoscopy", (225, 195, 120), "grid",
             (Finding("normal", "Normal skin", "none"),
              Finding("naevus", "Benign naevus", "small_disc"),
              Finding("melanoma", "Melanoma", "large_disc"),
@@ -136,6 +159,11 @@ QUESTIONS: tuple[str, ...] = (
 )
 
 
+def mark_colour(style: ModalityStyle, finding: Finding) -> RGB:
+    """The colour ``finding``'s mark is drawn in on images of ``style`` (by its place among the findings)."""
+    return MARK_COLOURS[(style.findings.index(finding) - 1) % len(MARK_COLOURS)]
+
+
 def generate_cases(n: int, *, seed: int = 0, size: int = 56, image_count: int = 1) -> list[SyntheticCase]:
     """The first ``n`` cases of the clinic for ``seed``."""
     return list(iter_cases(n, seed=seed, size=size, image_count=image_count))
@@ -151,9 +179,17 @@ def iter_cases(
     yield from (make_case(i, seed=seed, size=size, image_count=image_count) for i in indices)
 
 
-def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1) -> SyntheticCase:
-    """Case number ``index`` of the clinic for ``seed``."""
+def make_case(
+    index: int, *, seed: int = 0, size: int = 56, image_count: int = 1, clarity: str = "clear"
+) -> SyntheticCase:
+    """Case number ``index`` of the clinic for ``seed``; ``clarity="unclear"`` hides its finding.
+
+    The clear and the unclear version of a case share everything but the pixels over the finding
+    (and the case id).
+    """
     _check_args(index, seed, size, image_count)
+    if clarity not in CLARITIES:
+        raise ValueError(f"clarity must be one of {CLARITIES}, got {clarity!r}")
     # Specialties are dealt in shuffled blocks of seven: balanced over any prefix (counts differ
     # by at most one) without a fixed period a model could learn from the case order.
     block, slot = divmod(index, len(SPECIALTIES))
@@ -167,9 +203,9 @@ def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1
     letter = LETTERS[shuffled.index(finding)]
     this = "this image" if image_count == 1 else "these images"
     question = QUESTIONS[int(rng.integers(len(QUESTIONS)))].format(this=this)
-    images = tuple(encode_png(_draw(style, finding, size, rng)) for _ in range(image_count))
+    images = tuple(encode_png(_draw(style, finding, size, rng, clarity)) for _ in range(image_count))
     return SyntheticCase(
-        case_id=f"syn-{seed}-{index:05d}",
+        case_id=f"syn-{seed}-{index:05d}" + ("" if clarity == "clear" else "-unclear"),
         images=images,
         question=question,
         options=tuple(f"{LETTERS[i]}) {f.text}" for i, f in enumerate(shuffled)),
@@ -178,6 +214,7 @@ def make_case(index: int, *, seed: int = 0, size: int = 56, image_count: int = 1
         specialty=specialty,
         modality=style.modality,
         finding=finding.key,
+        clarity=clarity,
     )
 
 
@@ -193,14 +230,21 @@ def _check_args(index: int, seed: int, size: int, image_count: int) -> None:
 # --- drawing ------------------------------------------------------------------------------------
 
 
-def _draw(style: ModalityStyle, finding: Finding, size: int, rng: np.random.Generator) -> Image.Image:
-    """One image: jittered background, the modality's texture, then the finding's mark."""
+def _draw(
+    style: ModalityStyle, finding: Finding, size: int, rng: np.random.Generator, clarity: str = "clear"
+) -> Image.Image:
+    """One image: jittered background, the modality's texture, the finding's mark, and over it the
+    artefact of an unclear image."""
     jitter = rng.integers(-8, 9, size=3)
     pixels = np.empty((size, size, 3), dtype=np.float32)
     pixels[:] = np.asarray(style.background, dtype=np.float32) + jitter
     _TEXTURES[style.texture](pixels, rng)
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-    _draw_mark(ImageDraw.Draw(image), finding.mark, style.mark_colour, size, rng)
+    draw = ImageDraw.Draw(image)
+    _draw_mark(draw, finding.mark, mark_colour(style, finding), size, rng)
+    if clarity == "unclear":
+        lo, hi = (round(f * size) for f in OCCLUDER)
+        draw.rectangle((lo, lo, hi, hi), fill=OCCLUDER_COLOUR)
     return image
 
 
@@ -279,27 +323,30 @@ def _draw_mark(
     """Draw ``mark`` at a random spot that stays inside every texture's field of view."""
     if mark == "none":
         return
-    width = max(1, round(size / PATCH))
-    cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+    # Marks are large, each covering much of the centre: a 2-layer vision tower of width 32 names
+    # a finding drawn at a quarter of this size no better than chance after a 200-step warm-up.
+    # They stay inside OCCLUDER's square, whatever their centre and angle.
+    width = max(2, round(size / 6))
+    cx, cy = rng.uniform(0.48, 0.52, size=2) * size
 
     def disc(x: float, y: float, r: float) -> None:
         draw.ellipse((round(x - r), round(y - r), round(x + r), round(y + r)), fill=colour)
 
     if mark == "small_disc":
-        disc(cx, cy, 0.07 * size)
+        disc(cx, cy, 0.28 * size)
     elif mark == "large_disc":
-        disc(cx, cy, 0.18 * size)
+        disc(cx, cy, 0.37 * size)
     elif mark == "ring":
-        r = 0.14 * size
+        r = 0.36 * size
         draw.ellipse(
             (round(cx - r), round(cy - r), round(cx + r), round(cy + r)), outline=colour, width=width
         )
     elif mark == "line":
         angle = rng.uniform(0, math.pi)
-        dx, dy = 0.22 * size * math.cos(angle), 0.22 * size * math.sin(angle)
+        dx, dy = 0.25 * size * math.cos(angle), 0.25 * size * math.sin(angle)
         draw.line((round(cx - dx), round(cy - dy), round(cx + dx), round(cy + dy)), fill=colour, width=width)
     elif mark == "dots":
-        for x, y in rng.uniform(0.28, 0.72, size=(int(rng.integers(3, 6)), 2)) * size:
-            disc(x, y, 0.04 * size)
+        for x, y in rng.uniform(0.25, 0.75, size=(int(rng.integers(7, 10)), 2)) * size:
+            disc(x, y, 0.12 * size)
     else:
         raise ValueError(f"unknown mark {mark!r}")

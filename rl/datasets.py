@@ -25,9 +25,9 @@ from data.difficulty import classify
 from data.images import image_from_bytes
 from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
-from data.synthetic import SyntheticCase, generate_cases
+from data.synthetic import SyntheticCase, generate_cases, make_case
 from graph import prompts
-from rl.simulated import KnownCase, image_digest, planned_opinions
+from rl.simulated import UNCLEAR_SHARE, KnownCase, image_digest, plan_case, planned_opinions
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -121,37 +121,41 @@ def synthetic_attending_rows(
     size: int = LEARNING_IMAGE_SIZE,
     mix: Mapping[str, float] | None = None,
     n_specialists: int = 3,
+    unclear_share: float = UNCLEAR_SHARE,
+    opinions: bool = True,
 ) -> list[Row]:
     """``n`` attending rows whose specialists' opinions are simulated with a known ``s``.
 
-    ``mix`` gives the share of easy / medium / hard cases (default: a third each); a medium case
-    has 1..n-1 specialists right, drawn uniformly. The consulted specialists are the gold specialty
-    first, then others, as a perfect triage would choose them. The image alone carries the answer
-    (the finding's mark), so the attending can be right where every specialist is wrong.
+    ``mix`` gives the share of easy / medium / hard cases (default: a third each); rl/simulated.py's
+    ``plan_case`` draws each case's number of right specialists and its image clarity: on clear
+    images the finding's mark gives the answer, so the attending can be right where every
+    specialist is wrong; unclear images occur only where the specialists' majority is right. The
+    consulted specialists are the gold specialty first, then others, as a perfect triage would
+    choose them. ``opinions=False`` leaves them out of the prompt (the attending alone, ``single``
+    mode). Rows also carry ``clarity`` and ``seen`` (what the image visibly shows, for the format
+    warm-up's ``<think>``, rl/sft.py).
     """
     mix = dict(mix or {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3})
-    levels, weights = list(mix), list(mix.values())
-    if set(levels) - {"easy", "medium", "hard"} or min(weights) < 0 or sum(weights) <= 0:
+    if set(mix) - {"easy", "medium", "hard"} or min(mix.values()) < 0 or sum(mix.values()) <= 0:
         raise DatasetError(f"mix must weigh easy/medium/hard, got {mix}")
     rng = random.Random(f"attending|{seed}")
     rows = []
-    for case in generate_cases(n, seed=seed, size=size):
-        level = rng.choices(levels, weights)[0]
-        planned = {"easy": n_specialists, "hard": 0}
-        n_right = planned[level] if level in planned else rng.randint(1, n_specialists - 1)
+    for index in range(n):
+        plan = plan_case(rng, mix, n_specialists, unclear_share)
+        case = make_case(index, seed=seed, size=size, clarity=plan.clarity)
         others = [s for s in SPECIALTIES if s != case.specialty]
         consulted = [case.specialty, *rng.sample(others, n_specialists - 1)]
-        opinions = planned_opinions(known_case(case), n_right, consulted, seed=seed)
+        planned = planned_opinions(known_case(case), plan.n_right, consulted, seed=seed)
         row = attending_row(
             case.question,
             case.options,
             case.images,
-            opinions,
+            planned if opinions else [],
             case.answer,
             case_id=case.case_id,
-            difficulty=classify(n_right / n_specialists),
+            difficulty=classify(plan.n_right / n_specialists),
         )
-        rows.append({**row, "modality": case.modality})
+        rows.append({**row, "modality": case.modality, "clarity": case.clarity, "seen": case.seen})
     return rows
 
 

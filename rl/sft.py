@@ -4,16 +4,19 @@ Both train on the same rows as GRPO (rl/datasets.py), with a completion in the g
 format, ``<think>…</think><answer> X</answer>``:
 - ``gold_completions``: X is the gold label (the SFT baseline reviewers asked for).
 - ``warmup_completions``: X is drawn at random from the row's choices (the specialties for triage,
-  the option letters for the attending), freshly for every pass. The model learns the format and
+  the options' texts for the attending), freshly for every pass. The model learns the format and
   an even spread over the choices, but nothing about which one is right: held-out accuracy stays
   at chance, and GRPO then sees non-zero rewards from its first step (docs/learning.md). Where a row
-  knows its image's ``modality`` (the synthetic clinic), the ``<think>`` names it: the warm-up then
+  knows what its image shows (the synthetic clinic: ``seen``, the modality and the finding or
+  "unclear"; else ``modality``), the ``<think>`` names it: the warm-up then
   also teaches the model to say what it sees, as a pretrained VLM would, and leaves to GRPO which
   specialist (or which answer) follows from it. Measured on the tiny model (seed 1, triage, answer
   tokens only): with this perception in the think GRPO went from 0.143 to 1.000 held-out in 200
   steps; runs with a fixed ``image`` think stayed below 0.6 after 300.
-The space before X keeps every specialty and option letter a single token of the tiny tokenizer,
-so the decision sits at one position.
+The space before X keeps every specialty a single token of the tiny tokenizer, and spells an
+option's text as the think and the specialists' opinions spell it. The attending answers with the
+option's text, not its letter: the tiny model never learned to point from what it sees to a
+shuffled letter (rl/recipes/tiny-attending.yaml), while a text it can take over verbatim.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-from data.answers import option_letter, option_letters
+from data.answers import match_option, option_letter, option_text
 from data.specialties import SPECIALTIES
 from rl.datasets import Row, to_dataset
 
@@ -44,21 +47,24 @@ def completion(answer: str, think: str = THINK) -> list[dict[str, str]]:
 
 
 def choices(row: Row, role: str) -> list[str]:
-    """What an answer can name: the specialties (triage) or the option letters (attending)."""
+    """What an answer can name: the specialties (triage) or the options' texts (attending)."""
     if role == "triage":
         return list(SPECIALTIES)
-    return option_letters(row["options"])
+    return [option_text(o) for o in row["options"]]
 
 
 def gold_label(row: Row, role: str) -> str:
+    """The gold answer as the completions spell it: the specialty, or the gold option's text."""
     if role == "triage":
         return row["specialty"]
-    letter = row["answer"].strip()
-    return option_letter(letter + ")") or letter
+    letter = match_option(row["answer"], row["options"])
+    return next(
+        (option_text(o) for o in row["options"] if letter and option_letter(o) == letter), row["answer"]
+    )
 
 
 def _sft_row(row: Row, answer: str) -> Row:
-    think = row.get("modality") or THINK
+    think = row.get("seen") or row.get("modality") or THINK
     return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer, think)}
 
 

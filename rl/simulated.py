@@ -45,9 +45,13 @@ class KnownCase:
 
 
 def opinion_text(options: Sequence[str], letter: str) -> str:
-    """A specialist's opinion naming option ``letter``, in the strict think/answer format."""
+    """A specialist's opinion naming option ``letter`` by its text, in the strict think/answer format.
+
+    The answer is the option's text, spelled as the options spell it (the graph matches letters and
+    texts alike): an attending can take an opinion's answer over verbatim.
+    """
     text = next((option_text(o) for o in options if option_letter(o) == letter), letter)
-    return f"<think>The image shows {text.lower()}.</think><answer>{letter}</answer>"
+    return f"<think>The image shows {text.lower()}.</think><answer> {text}</answer>"
 
 
 def decoy(case: KnownCase, seed: int) -> str:
@@ -80,6 +84,37 @@ def planned_opinions(
     random.Random(f"{seed}|{case.key}|plan").shuffle(order)
     right = set(order[:n_right])
     return [(s, draw_opinion(case, s, s in right, seed)) for s in specialties]
+
+
+# The share of unclear images among the cases whose specialists' majority is right (the only cases
+# an unclear image may have: every case stays answerable from the evidence it shows).
+UNCLEAR_SHARE = 0.75
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """A synthetic attending case's set-up: how many specialists are right, how clear its image is."""
+
+    n_right: int
+    clarity: str
+
+
+def plan_case(
+    rng: random.Random, mix: dict[str, float], n_specialists: int, unclear_share: float = UNCLEAR_SHARE
+) -> CasePlan:
+    """Draw a case's plan: difficulty from ``mix`` (a medium case has 1..n-1 specialists right), then
+    an unclear image with probability ``unclear_share`` where the specialists' majority is right.
+
+    Hard cases (every specialist wrong, on one shared decoy) always have a clear image: copying the
+    majority fails there, and the image alone gives the answer. On unclear images the opinions are
+    the only evidence, and their majority is right.
+    """
+    level = rng.choices(list(mix), list(mix.values()))[0]
+    n_right = {"easy": n_specialists, "hard": 0}.get(level)
+    if n_right is None:
+        n_right = rng.randint(1, n_specialists - 1)
+    unclear = 2 * n_right > n_specialists and rng.random() < unclear_share
+    return CasePlan(n_right, "unclear" if unclear else "clear")
 
 
 class AnswerKey:

@@ -187,7 +187,7 @@ def test_answer_tokens_only_puts_the_entropy_term_on_the_answer(tiny_model_dir, 
     mask = inputs["completion_mask"]
     everywhere = ((entropy * mask).sum() / mask.sum()).item()
     assert abs(on_answer - everywhere) > 1e-3  # differs from the all-token mean: the check can fail
-    assert change == pytest.approx(gamma * on_answer, rel=1e-3, abs=1e-5)
+    assert change == pytest.approx(gamma * on_answer, rel=2e-3, abs=1e-5)  # float32 noise: ~1e-3 measured
 
 
 @pytest.mark.slow

@@ -15,12 +15,15 @@ from data.images import load_image
 from data.specialties import SPECIALTIES, specialty_for_modality
 from data.synthetic import (
     MODALITY_STYLES,
+    OCCLUDER,
+    OCCLUDER_COLOUR,
     QUESTIONS,
     SPECIALTY_OF_MODALITY,
     SyntheticCase,
     generate_cases,
     iter_cases,
     make_case,
+    mark_colour,
 )
 
 
@@ -36,7 +39,9 @@ def decode(png: bytes) -> np.ndarray:
 
 
 def mark_pixels(case: SyntheticCase, image: np.ndarray) -> int:
-    colour = np.asarray(MODALITY_STYLES[case.modality].mark_colour, dtype=int)
+    style = MODALITY_STYLES[case.modality]
+    finding = next(f for f in style.findings if f.key == case.finding)
+    colour = np.asarray(mark_colour(style, finding), dtype=int)
     return int((np.abs(image.astype(int) - colour).max(axis=-1) <= 30).sum())
 
 
@@ -128,8 +133,16 @@ def test_two_image_cases() -> None:
             assert (mark_pixels(case, decode(png)) > 0) == (case.finding != "normal")
 
 
-def test_mean_colour_identifies_the_modality(cases: list[SyntheticCase]) -> None:
-    means = {c.case_id: decode(c.images[0]).reshape(-1, 3).mean(axis=0) for c in cases}
+def border(pixels: np.ndarray) -> np.ndarray:
+    """The pixels outside the square where marks (and an unclear image's artefact) are drawn."""
+    lo, hi = (round(f * pixels.shape[0]) for f in OCCLUDER)
+    keep = np.ones(pixels.shape[:2], dtype=bool)
+    keep[lo : hi + 1, lo : hi + 1] = False
+    return pixels[keep]
+
+
+def test_border_colour_identifies_the_modality(cases: list[SyntheticCase]) -> None:
+    means = {c.case_id: border(decode(c.images[0])).mean(axis=0) for c in cases}
     centroids = {
         m: np.mean([means[c.case_id] for c in cases if c.modality == m], axis=0) for m in MODALITY_STYLES
     }
@@ -161,7 +174,7 @@ def test_large_marks_are_larger_than_small_ones(cases: list[SyntheticCase]) -> N
         if mark in area:
             area[mark].append(mark_pixels(case, decode(case.images[0])))
     assert area["small_disc"] and area["large_disc"]
-    assert max(area["small_disc"]) * 2 < min(area["large_disc"])
+    assert max(area["small_disc"]) < min(area["large_disc"])
 
 
 @pytest.mark.parametrize(
@@ -171,3 +184,52 @@ def test_large_marks_are_larger_than_small_ones(cases: list[SyntheticCase]) -> N
 def test_invalid_arguments(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         generate_cases(**kwargs)
+
+
+def test_unclear_image_hides_the_finding_but_not_the_modality() -> None:
+    for index in range(28):
+        clear, unclear = (make_case(index, seed=4, size=112, clarity=c) for c in ("clear", "unclear"))
+        # Same case but for the pixels over the finding (and the id).
+        assert (unclear.question, unclear.options, unclear.answer) == (
+            clear.question,
+            clear.options,
+            clear.answer,
+        )
+        assert unclear.case_id == clear.case_id + "-unclear" and unclear.clarity == "unclear"
+        assert clear.seen == f"{clear.modality}: {clear.answer_text}"
+        assert unclear.seen == f"{clear.modality}: unclear"
+        pixels = decode(unclear.images[0])
+        assert mark_pixels(unclear, pixels) == 0  # no trace of the mark, whatever the finding
+        lo, hi = (round(f * 112) for f in OCCLUDER)
+        assert (pixels[lo : hi + 1, lo : hi + 1] == OCCLUDER_COLOUR).all()
+        # Outside the artefact the image is the clear one's: the modality still shows.
+        outside = np.ones((112, 112), dtype=bool)
+        outside[lo : hi + 1, lo : hi + 1] = False
+        assert (pixels[outside] == decode(clear.images[0])[outside]).all()
+    with pytest.raises(ValueError, match="clarity"):
+        make_case(0, clarity="blurry")
+
+
+def test_attending_clinic_needs_both_the_image_and_the_opinions() -> None:
+    from graph.parse import parse_think_answer
+    from rl.datasets import synthetic_attending_rows
+    from rl.simulated import majority_answer
+
+    rows = synthetic_attending_rows(300, seed=6, size=56)
+    assert {(r["difficulty"], r["clarity"]) for r in rows} == {
+        ("easy", "clear"), ("easy", "unclear"), ("medium", "clear"), ("medium", "unclear"), ("hard", "clear")
+    }  # fmt: skip
+    for row in rows:
+        text = row["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
+        opinions = [line.split("] ", 1)[1] for line in text.splitlines()]
+        majority_right = majority_answer(opinions, row["options"]) == row["answer"]
+        # Every case is answerable: an unclear image only where the majority is right...
+        assert majority_right or row["clarity"] == "clear"
+        # ... and on hard cases the majority is wrong (every specialist names one decoy).
+        assert not majority_right or row["difficulty"] != "hard"
+        # Opinions answer with the option text, so it can be taken over verbatim.
+        answers = {parse_think_answer(o).answer.strip() for o in opinions}
+        assert answers <= {o[3:] for o in row["options"]}
+    single = synthetic_attending_rows(30, seed=6, size=56, opinions=False)
+    assert all("No specialist opinions" in r["prompt"][1]["content"][-1]["text"] for r in single)
+    assert [r["case_id"] for r in single] == [r["case_id"] for r in rows[:30]]
