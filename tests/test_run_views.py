@@ -166,7 +166,8 @@ def test_graph_picture_marks_the_path_and_the_failed_node(two_runs, make_runtime
     parsed = {st["specialty"]: st["parse_status"] for st in report["steps"] if st["specialty"]}
     for i, specialty in enumerate(consulted):
         assert classes[f"specialist-{i}"] == ("failed" if parsed[specialty] == "failed" else "ran")
-    assert classes["triage"] == "ran" and classes["end"] == "ran"
+    (triage,) = [st["parse_status"] for st in report["steps"] if st["node"] == "triage"]
+    assert classes["triage"] == ("failed" if triage == "failed" else "ran") and classes["end"] == "ran"
     # a run whose attending's backend is down: the attending is red, the end never reached
     down = ScriptedBackend(lambda _: "", fail=True)
     rt_down = make_runtime(backends={"triage": tiny_backend, "specialist": tiny_backend, "attending": down})
