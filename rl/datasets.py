@@ -25,7 +25,7 @@ from data.difficulty import classify
 from data.images import image_from_bytes
 from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
-from data.synthetic import SyntheticCase, generate_cases
+from data.synthetic import SyntheticCase, iter_cases
 from graph import prompts
 from rl.simulated import KnownCase, image_digest, planned_opinions
 
@@ -101,17 +101,19 @@ def known_case(case: SyntheticCase) -> KnownCase:
 
 
 def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> list[Row]:
-    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty).
+    """``n`` triage rows from the synthetic clinic (:func:`iter_synthetic_triage_rows`)."""
+    return list(iter_synthetic_triage_rows(n, seed=seed, size=size))
+
+
+def iter_synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> Iterator[Row]:
+    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty), one
+    at a time.
 
     Synthetic rows also carry the case's ``modality`` (what the image shows, for the format
     warm-up's ``<think>``, rl/sft.py); rows from the store do not know it."""
-    return [
-        {
-            **triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id),
-            "modality": c.modality,
-        }
-        for c in generate_cases(n, seed=seed, size=size)
-    ]
+    for c in iter_cases(n, seed=seed, size=size):
+        row = triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id)
+        yield {**row, "modality": c.modality}
 
 
 def synthetic_attending_rows(
@@ -122,6 +124,18 @@ def synthetic_attending_rows(
     mix: Mapping[str, float] | None = None,
     n_specialists: int = 3,
 ) -> list[Row]:
+    """``n`` attending rows (:func:`iter_synthetic_attending_rows`)."""
+    return list(iter_synthetic_attending_rows(n, seed=seed, size=size, mix=mix, n_specialists=n_specialists))
+
+
+def iter_synthetic_attending_rows(
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = LEARNING_IMAGE_SIZE,
+    mix: Mapping[str, float] | None = None,
+    n_specialists: int = 3,
+) -> Iterator[Row]:
     """``n`` attending rows whose specialists' opinions are simulated with a known ``s``.
 
     ``mix`` gives the share of easy / medium / hard cases (default: a third each); a medium case
@@ -134,8 +148,7 @@ def synthetic_attending_rows(
     if set(levels) - {"easy", "medium", "hard"} or min(weights) < 0 or sum(weights) <= 0:
         raise DatasetError(f"mix must weigh easy/medium/hard, got {mix}")
     rng = random.Random(f"attending|{seed}")
-    rows = []
-    for case in generate_cases(n, seed=seed, size=size):
+    for case in iter_cases(n, seed=seed, size=size):
         level = rng.choices(levels, weights)[0]
         planned = {"easy": n_specialists, "hard": 0}
         n_right = planned[level] if level in planned else rng.randint(1, n_specialists - 1)
@@ -151,8 +164,7 @@ def synthetic_attending_rows(
             case_id=case.case_id,
             difficulty=classify(n_right / n_specialists),
         )
-        rows.append({**row, "modality": case.modality})
-    return rows
+        yield {**row, "modality": case.modality}
 
 
 # --- stored trajectories -----------------------------------------------------------------------
@@ -288,21 +300,17 @@ def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
 
 
-def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
-    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it.
+def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """``rows`` (any iterable: a generator keeps them out of memory) as a memory-mapped table.
 
     The rows are written ``batch`` at a time to an Arrow file in a temporary folder (removed with
-    the dataset) and memory-mapped, not converted in memory (``Dataset.from_list`` held several
-    copies: +350 MiB for 5,000 attending rows); the images stay bytes in the table and are
-    decoded (normalised as the graph does) when a row is read.
+    the table) and memory-mapped, never held together in memory (``Dataset.from_list`` held
+    several copies: +350 MiB for 5,000 attending rows); images stay their stored bytes. Reading
+    a row gives it back as written; :func:`to_dataset` adds the decoding the trainers need.
     """
     import itertools
-    import shutil
-    import tempfile
-    import weakref
 
     from datasets import Dataset, Value
-    from datasets.arrow_writer import ArrowWriter
 
     it = iter(rows)
     head = list(itertools.islice(it, 64))
@@ -312,14 +320,70 @@ def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
     for name, feature in features.items():
         if feature == Value("null"):  # None in every sampled row (e.g. no difficulty): text
             features[name] = Value("string")
-    folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
-    path = str(Path(folder) / "rows.arrow")
-    with ArrowWriter(features=features, path=path, writer_batch_size=batch) as writer:
+    file = _ArrowFile(features, batch)
+    with file as writer:
         for row in itertools.chain(head, it):
             writer.write(row)
-        writer.finalize()
-    dataset = Dataset.from_file(path)
-    weakref.finalize(dataset, shutil.rmtree, folder, True)
+    return file.dataset
+
+
+def staged(table: Any, order: Sequence[tuple[int, str]]) -> Any:
+    """The rows of ``table`` (:func:`write_rows`) in ``order``'s (row index, stage) sequence, each
+    with its ``stage``, decoded as :func:`to_dataset`'s.
+
+    Nothing is copied: the stage is a new small column (a row belongs to one stage: its
+    difficulty's, or the mixed one) and the order an index mapping over the memory-mapped rows,
+    read only when the trainer reads a row."""
+    stage_of: dict[int, str] = {}
+    for i, stage in order:
+        if stage_of.setdefault(i, stage) != stage:
+            raise DatasetError(f"row {i} is ordered into two stages ({stage_of[i]}, {stage})")
+    from datasets import Value
+
+    tagged = table.add_column("stage", [stage_of.get(i) for i in range(len(table))], feature=Value("string"))
+    return _decoded(tagged.select([i for i, _ in order]))
+
+
+class _ArrowFile:
+    """A context: an ArrowWriter to a temporary file; ``dataset`` is that file memory-mapped once
+    written (the folder goes with the dataset, or at once on an error)."""
+
+    def __init__(self, features: Any, batch: int):
+        import tempfile
+
+        from datasets.arrow_writer import ArrowWriter
+
+        self.folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
+        self.path = str(Path(self.folder) / "rows.arrow")
+        self.writer = ArrowWriter(features=features, path=self.path, writer_batch_size=batch)
+        self.dataset: Any = None
+
+    def __enter__(self) -> Any:
+        return self.writer
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+        import weakref
+
+        from datasets import Dataset
+
+        if exc[0] is not None:
+            self.writer.close()
+            shutil.rmtree(self.folder, True)
+            return
+        self.writer.finalize()
+        self.dataset = Dataset.from_file(self.path)
+        weakref.finalize(self.dataset, shutil.rmtree, self.folder, True)
+
+
+def _decoded(dataset: Any) -> Any:
     if "images" in dataset.column_names:
         dataset.set_transform(_decode_images)
     return dataset
+
+
+def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it: :func:`write_rows`'s
+    memory-mapped table whose images are decoded (normalised as the graph does) when a row is read.
+    """
+    return _decoded(write_rows(rows, batch=batch))

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from graph.protocol import ChatBackend
 from rl.batching import GenerationBatch, generation_batch
-from rl.curriculum import LEVELS, cap_plan, describe_plan, order_rows, stage_spans
-from rl.datasets import Row, to_dataset
+from rl.curriculum import LEVELS, cap_plan, describe_plan, ordered_dataset, stage_spans
+from rl.datasets import Row, write_rows
 from rl.grpo_config import GRPORecipe, Stage
 from rl.rewards import REWARD_FUNCS
 
@@ -345,13 +345,16 @@ def run_generation_batch(args: GRPOConfig) -> GenerationBatch:
 
 def train_grpo(
     recipe: GRPORecipe,
-    rows: Sequence[Row],
+    rows: Iterable[Row] | Any,
     output_dir: str | Path,
     *,
     callbacks: Sequence[Any] = (),
     eval_rows: Sequence[Row] = (),
 ) -> GRPOResult:
     """Train ``recipe.model`` on ``rows`` (curriculum-ordered or mixed) and save the policy.
+
+    ``rows``: any iterable of rows (a generator keeps them out of memory) or a table of
+    rl.datasets.write_rows; they are streamed to memory-mapped tables (rl/curriculum.ordered_dataset).
 
     Every stage is padded to whole generation batches of all processes together, so each batch
     holds one stage and every row of every stage is trained; ``recipe.max_steps`` cuts the plan
@@ -368,8 +371,10 @@ def train_grpo(
     out = Path(output_dir)
     args = grpo_config(recipe, out)
     gen = run_generation_batch(args)
-    ordered, spans = order_rows(
-        rows,
+    table = rows if hasattr(rows, "column_names") else write_rows(rows)
+    n_rows = len(table)
+    dataset, spans = ordered_dataset(
+        table,
         recipe.stages,
         batch=gen.prompts,
         curriculum=recipe.curriculum,
@@ -381,7 +386,7 @@ def train_grpo(
     log.info(
         "GRPO %s (%s, loss %s): %d rows, %d processes, %d completions a step (%d prompts x %d per "
         "generation batch); stage plan:\n%s",
-        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, len(rows),
+        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, n_rows,
         gen.processes, gen.completions_per_step, gen.prompts, recipe.num_generations, describe_plan(plan),
     )  # fmt: skip
     if cut:
@@ -391,7 +396,7 @@ def train_grpo(
         model=load_policy_model(recipe),
         reward_funcs=REWARD_FUNCS[recipe.role],
         args=args,
-        train_dataset=to_dataset(ordered),
+        train_dataset=dataset,
         processing_class=processor,
         peft_config=_peft_config(recipe),
         callbacks=list(callbacks),
