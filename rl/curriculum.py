@@ -159,15 +159,18 @@ def ordered_dataset(
     :func:`order_indices`'s order, each row tagged with its ``stage``, and the stage spans.
 
     Host memory stays flat in the number of rows: the rows are streamed to a memory-mapped table
-    and ordered by their difficulty column alone (an index mapping, rl.datasets.staged)."""
-    from rl.datasets import staged, write_rows
+    (unless given as one) and ordered by their difficulty column alone (an index mapping,
+    rl.datasets.staged)."""
+    from rl.datasets import as_table, staged
 
-    table = rows if hasattr(rows, "column_names") else write_rows(rows)
-    difficulties = list(table["difficulty"]) if len(table) else []
+    table = as_table(rows)
+    has = "difficulty" in table.column_names
+    difficulties = list(table["difficulty"]) if has and len(table) else [None] * len(table)
     order, spans = order_indices(
         difficulties, stages, batch=batch, curriculum=curriculum, mixed_stage=mixed_stage, seed=seed
     )
-    return staged(table, order), spans
+    mixed = mixed_stage.name if not curriculum and mixed_stage else None
+    return staged(table, order, mixed=mixed), spans
 
 
 def stage_spans(spans: Sequence[StageSpan], batch: int, steps_per_batch: int = 1) -> list[dict[str, Any]]:

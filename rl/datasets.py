@@ -15,6 +15,7 @@ options and logged opinions; follow-up history is not in an export row and is no
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -203,7 +204,14 @@ REWARD_SOURCES = ("gold", "clinician", "both")
 def rows_from_store(
     store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
 ) -> list[Row]:
-    """Rows for ``role`` from every finished, labelled run in the store.
+    """Rows for ``role`` from every finished, labelled run in the store (:func:`iter_rows_from_store`)."""
+    return list(iter_rows_from_store(store, role, since=since, reward_source=reward_source))
+
+
+def iter_rows_from_store(
+    store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
+) -> Iterator[Row]:
+    """Rows for ``role`` from every finished, labelled run in the store, one at a time.
 
     ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
     clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
@@ -224,11 +232,11 @@ def rows_from_store(
             {**r, "answer": (r["answer"] if reward_source == "both" else None) or clinician.get(r["run_id"])}
             for r in records
         )
-    return list(rows_from_export(records, role))
+    yield from rows_from_export(records, role)
 
 
-def rows_from_dir(path: str | Path, role: str) -> list[Row]:
-    """Rows for ``role`` from a ``mmedagent export`` folder (parquet, hf or jsonl)."""
+def iter_rows_from_dir(path: str | Path, role: str) -> Iterator[Row]:
+    """Rows for ``role`` from a ``mmedagent export`` folder (parquet, hf or jsonl), one at a time."""
     _check_role(role)
     root = Path(path)
     records: Iterable[Mapping[str, Any]]
@@ -244,10 +252,7 @@ def rows_from_dir(path: str | Path, role: str) -> list[Row]:
         records = _jsonl_records(root, root / f"{role}.jsonl")
     else:
         raise DatasetError(f"{root} holds no {role} export ({role}.parquet, {role}/ or {role}.jsonl)")
-    rows = list(rows_from_export(records, role))
-    if not rows:
-        raise DatasetError(f"{root}: no usable {role} rows (gold label and image pixels needed)")
-    return rows
+    yield from rows_from_export(records, role)
 
 
 def _jsonl_records(root: Path, path: Path) -> Iterator[dict[str, Any]]:
@@ -300,6 +305,14 @@ def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
 
 
+def as_table(rows: Iterable[Row] | Any) -> Any:
+    """``rows`` as a memory-mapped table: a table (:func:`write_rows`, or a selection of one) as it
+    is, any other iterable written by :func:`write_rows`."""
+    from datasets import Dataset
+
+    return rows if isinstance(rows, Dataset) else write_rows(rows)
+
+
 def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
     """``rows`` (any iterable: a generator keeps them out of memory) as a memory-mapped table.
 
@@ -327,21 +340,22 @@ def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
     return file.dataset
 
 
-def staged(table: Any, order: Sequence[tuple[int, str]]) -> Any:
-    """The rows of ``table`` (:func:`write_rows`) in ``order``'s (row index, stage) sequence, each
-    with its ``stage``, decoded as :func:`to_dataset`'s.
+def staged(table: Any, order: Sequence[tuple[int, str]], *, mixed: str | None = None) -> Any:
+    """The rows of ``table`` (:func:`write_rows`, or a selection of it) in ``order``'s row indices,
+    decoded as :func:`to_dataset`'s, each with its ``stage``: ``mixed`` for every row, else the
+    row's difficulty (curriculum stages are named by difficulty).
 
-    Nothing is copied: the stage is a new small column (a row belongs to one stage: its
-    difficulty's, or the mixed one) and the order an index mapping over the memory-mapped rows,
-    read only when the trainer reads a row."""
-    stage_of: dict[int, str] = {}
-    for i, stage in order:
-        if stage_of.setdefault(i, stage) != stage:
-            raise DatasetError(f"row {i} is ordered into two stages ({stage_of[i]}, {stage})")
-    from datasets import Value
+    Nothing is copied: the order is an index mapping over the memory-mapped rows and the stage
+    is added when a row is read."""
+    dataset = table.select([i for i, _ in order])
+    dataset.set_transform(functools.partial(_decode_staged, stage=mixed))
+    return dataset
 
-    tagged = table.add_column("stage", [stage_of.get(i) for i in range(len(table))], feature=Value("string"))
-    return _decoded(tagged.select([i for i, _ in order]))
+
+def _decode_staged(batch: dict[str, list[Any]], *, stage: str | None) -> dict[str, list[Any]]:
+    batch = _decode_images(batch) if "images" in batch else batch
+    n = len(next(iter(batch.values())))
+    return {**batch, "stage": [stage] * n if stage else list(batch["difficulty"])}
 
 
 class _ArrowFile:

@@ -33,7 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 from graph.protocol import ChatBackend
 from rl.batching import GenerationBatch, generation_batch
 from rl.curriculum import LEVELS, cap_plan, describe_plan, ordered_dataset, stage_spans
-from rl.datasets import Row, write_rows
+from rl.datasets import Row, as_table
 from rl.grpo_config import GRPORecipe, Stage
 from rl.rewards import REWARD_FUNCS
 
@@ -371,7 +371,7 @@ def train_grpo(
     out = Path(output_dir)
     args = grpo_config(recipe, out)
     gen = run_generation_batch(args)
-    table = rows if hasattr(rows, "column_names") else write_rows(rows)
+    table = as_table(rows)
     n_rows = len(table)
     dataset, spans = ordered_dataset(
         table,

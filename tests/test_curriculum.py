@@ -144,6 +144,26 @@ def test_dataset_holds_image_bytes_and_decodes_them_when_read():
     assert (first.mode, first.size, first.tobytes()) == (expected.mode, expected.size, expected.tobytes())
 
 
+@pytest.mark.parametrize("curriculum", [True, False])
+def test_training_dataset_streamed_from_a_generator_is_the_ordered_rows(curriculum):
+    from data.images import image_from_bytes
+    from rl.curriculum import ordered_dataset
+    from rl.datasets import iter_synthetic_attending_rows
+    from rl.grpo_config import MIXED_STAGE
+
+    rows = synthetic_attending_rows(20, seed=6, size=56)
+    kw = {"batch": 4, "curriculum": curriculum, "mixed_stage": MIXED_STAGE, "seed": 3}
+    expected, spans = order_rows(rows, PAPER_STAGES, **kw)
+    dataset, streamed_spans = ordered_dataset(
+        iter_synthetic_attending_rows(20, seed=6, size=56), PAPER_STAGES, **kw
+    )
+    assert streamed_spans == spans
+    assert [(r["case_id"], r["stage"]) for r in dataset] == [(r["case_id"], r["stage"]) for r in expected]
+    assert {r["stage"] for r in dataset} == ({"easy", "medium", "hard"} if curriculum else {"mixed"})
+    last = dataset[len(dataset) - 1]["images"][0]
+    assert last.tobytes() == image_from_bytes(expected[-1]["images"][0]).tobytes()
+
+
 def test_attending_rows_carry_opinions_with_the_planned_difficulty():
     rows = synthetic_attending_rows(30, seed=2, size=56)
     assert {r["difficulty"] for r in rows} == {"easy", "medium", "hard"}
