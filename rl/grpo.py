@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -251,39 +251,17 @@ def _on_cpu() -> bool:
 
 
 def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
-    """TRL's config for ``recipe`` (``recipe.extra`` passes any other GRPOConfig field through)."""
-    cpu = _on_cpu()
-    options: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "learning_rate": recipe.learning_rate,
-        "lr_scheduler_type": recipe.lr_scheduler_type,
-        "warmup_steps": recipe.warmup_steps,
-        "max_grad_norm": recipe.max_grad_norm,
-        "num_generations": recipe.num_generations,
-        "per_device_train_batch_size": recipe.completions_per_step // recipe.gradient_accumulation_steps,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
-        "max_completion_length": recipe.max_completion_length,
-        "temperature": recipe.temperature,
-        "top_entropy_quantile": recipe.top_entropy_quantile,
-        "loss_type": recipe.loss_type,
-        "use_bias_correction_kl": recipe.use_bias_correction_kl,
-        "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
-        "max_steps": recipe.max_steps,
-        "shuffle_dataset": False,
-        "seed": recipe.seed,
-        # transformers' name (TRL's configs still default the deprecated alias, which warns if left unset)
-        "activation_checkpointing": recipe.gradient_checkpointing,
-        "report_to": recipe.report_to,
-        "use_vllm": recipe.use_vllm,
-        "logging_steps": recipe.logging_steps,
-        "save_strategy": "steps" if recipe.save_steps > 0 else "no",
-        "disable_tqdm": not recipe.progress_bar,
-        "use_cpu": cpu,
-        "bf16": not cpu and torch.cuda.is_bf16_supported(),
-    }
-    if recipe.save_steps > 0:
-        options["save_steps"] = recipe.save_steps
-    return GRPOConfig(**{**options, **recipe.extra})
+    """TRL's config for ``recipe``: its GRPOConfig fields as they are, and what a curriculum run fixes."""
+    trl_fields = {f.name for f in fields(GRPOConfig) if f.init}
+    options = {k: v for k, v in recipe.to_dict().items() if k in trl_fields}
+    return GRPOConfig(
+        **{
+            **options,
+            "output_dir": str(output_dir),
+            "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
+            "shuffle_dataset": False,  # the curriculum's order
+        }
+    )
 
 
 def load_policy_model(recipe: GRPORecipe) -> Any:

@@ -105,8 +105,11 @@ def test_recipe_defaults_yaml_and_validation(tmp_path):
     path.write_text("lr: 1\n")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         GRPORecipe.from_yaml(path)
-    path.write_text("num_iterations: 2\nextra: {epsilon: 0.3}\n")  # any GRPOConfig field, top level
-    assert GRPORecipe.from_yaml(path).extra == {"epsilon": 0.3, "num_iterations": 2}
+    # any GRPOConfig field stands at the top level, beside the curriculum's (TRL's parser)
+    path.write_text("num_iterations: 2\nloss_type: dr_grpo\nnum_generations: 4\ncurriculum: false\n")
+    parsed = GRPORecipe.from_yaml(path)
+    assert (parsed.num_iterations, parsed.loss_type, parsed.num_generations) == (2, "dr_grpo", 4)
+    assert parsed.curriculum is False and parsed.role == "attending"
     with pytest.raises(ValueError, match="multiple of"):
         GRPORecipe(completions_per_step=30)
     with pytest.raises(ValueError, match="finetune"):
