@@ -4,13 +4,15 @@
     tiny checkpoint: the same rows (one stage), config and seed, so both generate the same batch.
     Each trains ``--steps`` steps; the median of TRL's own ``step_time`` over the steps after the
     first is compared (ratio curriculum / plain; target <= 1.05).
-(b) Peak RSS of a process that prepares N attending rows for training (rows, curriculum order,
-    ``to_dataset``), for 5,000 and 50,000 rows, next to a process that only imports the same
-    modules. Rows hold the images' stored bytes, decoded when the trainer reads a row; the
-    synthetic clinic draws 1,000 distinct cases, copied (bytes included) up to N so that every row
+(b) Peak RSS of a process that prepares N attending rows for training as rl/grpo.py does (rows
+    streamed from a generator to a memory-mapped table, then ordered on their difficulties alone
+    into an index mapping: rl/curriculum.ordered_dataset), for 5,000 and 50,000 rows, next to a
+    process that only imports the same modules (datasets included). Rows hold the images' stored
+    bytes, decoded when the trainer reads a row; the synthetic clinic draws 1,000 distinct cases
+    (held in memory: the same for every N), copied (bytes included) up to N so that every row
     owns its bytes as rows read from the store do.
 
-    .venv/bin/python bench/training.py [--steps 6] [--rows 5000 50000]
+    .venv/bin/python bench/training.py [--steps 6] [--rows 5000 50000] [--only a|b]
 """
 
 from __future__ import annotations
@@ -33,20 +35,20 @@ DISTINCT = 1000
 
 def prepare(n: int) -> None:
     """Child process: prepare ``n`` attending rows (n = 0: imports only) and print the peak RSS."""
-    from rl.curriculum import order_rows
-    from rl.datasets import synthetic_attending_rows, to_dataset
+    import datasets  # noqa: F401 (imported by the preparation: part of the baseline)
+
+    from rl.curriculum import ordered_dataset
+    from rl.datasets import synthetic_attending_rows
     from rl.grpo_config import PAPER_STAGES
 
     if n:
         base = synthetic_attending_rows(min(n, DISTINCT), seed=0)
-        rows = [
+        rows = (
             {**r, "images": [bytes(bytearray(b)) for b in r["images"]], "case_id": f"{r['case_id']}-{i}"}
             for i in range(n)
             for r in [base[i % len(base)]]
-        ]
-        del base
-        ordered, _ = order_rows(rows, PAPER_STAGES, batch=16, seed=0)
-        dataset = to_dataset(ordered)
+        )
+        dataset, _ = ordered_dataset(rows, PAPER_STAGES, batch=16, seed=0)
         assert len(dataset) >= n
     print(json.dumps({"rows": n, "peak_rss_mib": round(_peak_rss_mib(), 1)}))
 
@@ -103,12 +105,21 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rows", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--only", choices=["a", "b"], help="run only part (a) or part (b)")
     parser.add_argument("--prepare-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prepare_child is not None:
         prepare(args.prepare_child)
         return
 
+    if args.only != "b":
+        step_ratio(args.steps)
+    if args.only != "a":
+        prepare_rss(args.rows)
+
+
+def step_ratio(steps: int) -> None:
+    """Part (a): the curriculum trainer's step time over plain TRL's."""
     import logging
 
     import torch
@@ -125,17 +136,20 @@ def main() -> None:
         times = {}
         for curriculum in (False, True, False, True):  # interleaved: drift hits both alike
             key = "curriculum" if curriculum else "plain"
-            times.setdefault(key, []).extend(step_times(curriculum, model, rows, work / key, args.steps)[1:])
+            times.setdefault(key, []).extend(step_times(curriculum, model, rows, work / key, steps)[1:])
     plain, curr = statistics.median(times["plain"]), statistics.median(times["curriculum"])
     print(f"(a) one GRPO step, tiny model, 4 prompts x 8, median of {len(times['plain'])} steps each")
     print(f"    plain trl.GRPOTrainer      {plain * 1000:8.1f} ms")
     print(f"    CurriculumGRPOTrainer      {curr * 1000:8.1f} ms")
     print(f"    ratio curriculum / plain   {curr / plain:8.3f}   (target <= 1.05)")
 
+
+def prepare_rss(counts: list[int]) -> None:
+    """Part (b): peak RSS of preparing each count of rows, against imports only."""
     base = _child(0)["peak_rss_mib"]
-    print("(b) peak RSS preparing attending rows (rows + curriculum order + to_dataset)")
+    print("(b) peak RSS preparing attending rows (streamed to a memory-mapped table, ordered by index)")
     print(f"    imports only               {base:8.1f} MiB")
-    for n in args.rows:
+    for n in counts:
         peak = _child(n)["peak_rss_mib"]
         print(f"    {n:>6} rows                {peak:8.1f} MiB   (+{peak - base:.1f} MiB over imports)")
 

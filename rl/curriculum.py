@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 __all__ = [
-    "LEVELS", "StageSpan", "cap_plan", "classify", "describe_plan", "order_rows", "split_by_difficulty",
-    "stage_spans",
+    "LEVELS", "StageSpan", "cap_plan", "classify", "describe_plan", "order_indices", "order_rows",
+    "ordered_dataset", "split_by_difficulty", "stage_spans",
 ]  # fmt: skip
 
 
@@ -47,33 +47,38 @@ class StageSpan:
 
 def split_by_difficulty(rows: Sequence[Row]) -> dict[str, list[Row]]:
     """Rows grouped by their ``difficulty`` (easy / medium / hard), in their original order."""
-    groups: dict[str, list[Row]] = {level: [] for level in LEVELS}
+    groups = _split_levels([row.get("difficulty") for row in rows])
+    return {level: [rows[i] for i in indices] for level, indices in groups.items()}
+
+
+def _split_levels(difficulties: Sequence[str | None]) -> dict[str, list[int]]:
+    """Row indices grouped by difficulty, in their original order."""
+    groups: dict[str, list[int]] = {level: [] for level in LEVELS}
     missing = 0
-    for row in rows:
-        level = row.get("difficulty")
+    for i, level in enumerate(difficulties):
         if level is None:
             missing += 1
         elif level not in groups:
             raise CurriculumError(f"unknown difficulty {level!r} (expected one of {', '.join(LEVELS)})")
         else:
-            groups[level].append(row)
+            groups[level].append(i)
     if missing:
         raise CurriculumError(
-            f"{missing} of {len(rows)} rows have no difficulty (no gold-scored specialists); "
+            f"{missing} of {len(difficulties)} rows have no difficulty (no gold-scored specialists); "
             "train them without curriculum (--no-curriculum)"
         )
     return groups
 
 
-def _stage_rows(rows: Sequence[Row], stage: Stage, batch: int, rng: random.Random) -> list[Row]:
-    """``stage.epochs`` passes over ``rows``, each reshuffled, padded up to whole batches of ``batch``."""
-    n = max(batch, math.ceil(len(rows) * stage.epochs / batch) * batch)
-    out: list[Row] = []
+def _stage_order(indices: Sequence[int], stage: Stage, batch: int, rng: random.Random) -> list[int]:
+    """``stage.epochs`` passes over ``indices``, each reshuffled, padded up to whole batches of ``batch``."""
+    n = max(batch, math.ceil(len(indices) * stage.epochs / batch) * batch)
+    out: list[int] = []
     while len(out) < n:
-        epoch = list(rows)
+        epoch = list(indices)
         rng.shuffle(epoch)
         out.extend(epoch)
-    return [{**r, "stage": stage.name} for r in out[:n]]
+    return out[:n]
 
 
 def order_rows(
@@ -85,13 +90,36 @@ def order_rows(
     mixed_stage: Stage | None = None,
     seed: int = 0,
 ) -> tuple[list[Row], list[StageSpan]]:
-    """Rows in training order, each tagged with its ``stage``, and where every stage sits.
+    """Rows in training order, each tagged with its ``stage``, and where every stage sits
+    (:func:`order_indices` on the rows' difficulties)."""
+    order, spans = order_indices(
+        [row.get("difficulty") for row in rows],
+        stages,
+        batch=batch,
+        curriculum=curriculum,
+        mixed_stage=mixed_stage,
+        seed=seed,
+    )
+    return [{**rows[i], "stage": stage} for i, stage in order], spans
+
+
+def order_indices(
+    difficulties: Sequence[str | None],
+    stages: Sequence[Stage],
+    *,
+    batch: int,
+    curriculum: bool = True,
+    mixed_stage: Stage | None = None,
+    seed: int = 0,
+) -> tuple[list[tuple[int, str]], list[StageSpan]]:
+    """The training order as (row index, stage name) pairs, from the rows' difficulties alone, and
+    where every stage sits.
 
     ``batch``: prompts per generation batch; every stage is padded to a multiple of it. With
     ``curriculum`` the stages run in the order given, each on its own difficulty's rows (a stage
     without rows is skipped); otherwise ``mixed_stage`` takes every row, shuffled.
     """
-    if not rows:
+    if not difficulties:
         raise CurriculumError("no rows to train on")
     if batch < 1:
         raise CurriculumError(f"batch must be >= 1, got {batch}")
@@ -99,23 +127,50 @@ def order_rows(
     if not curriculum:
         if mixed_stage is None:
             raise CurriculumError("training without curriculum needs a mixed stage")
-        plan = [(mixed_stage, list(rows))]
+        plan = [(mixed_stage, list(range(len(difficulties))))]
     else:
-        groups = split_by_difficulty(rows)
+        groups = _split_levels(difficulties)
         unknown = [s.name for s in stages if s.name not in groups]
         if unknown:
             raise CurriculumError(f"stages {unknown} name no difficulty (expected {', '.join(LEVELS)})")
         plan = [(s, groups[s.name]) for s in stages]
-    ordered: list[Row] = []
+    ordered: list[tuple[int, str]] = []
     spans: list[StageSpan] = []
-    for stage, stage_rows in plan:
-        if not stage_rows:
+    for stage, indices in plan:
+        if not indices:
             log.warning("curriculum stage %s has no rows; skipped", stage.name)
             continue
-        block = _stage_rows(stage_rows, stage, batch, rng)
+        block = _stage_order(indices, stage, batch, rng)
         spans.append(StageSpan(stage, len(ordered), len(block)))
-        ordered.extend(block)
+        ordered.extend((i, stage.name) for i in block)
     return ordered, spans
+
+
+def ordered_dataset(
+    rows: Iterable[Row] | Any,
+    stages: Sequence[Stage],
+    *,
+    batch: int,
+    curriculum: bool = True,
+    mixed_stage: Stage | None = None,
+    seed: int = 0,
+) -> tuple[Any, list[StageSpan]]:
+    """The training dataset of ``rows`` (any iterable, or a table from rl.datasets.write_rows) in
+    :func:`order_indices`'s order, each row tagged with its ``stage``, and the stage spans.
+
+    Host memory stays flat in the number of rows: the rows are streamed to a memory-mapped table
+    (unless given as one) and ordered by their difficulty column alone (an index mapping,
+    rl.datasets.staged)."""
+    from rl.datasets import as_table, staged
+
+    table = as_table(rows)
+    has = "difficulty" in table.column_names
+    difficulties = list(table["difficulty"]) if has and len(table) else [None] * len(table)
+    order, spans = order_indices(
+        difficulties, stages, batch=batch, curriculum=curriculum, mixed_stage=mixed_stage, seed=seed
+    )
+    mixed = mixed_stage.name if not curriculum and mixed_stage else None
+    return staged(table, order, mixed=mixed), spans
 
 
 def stage_spans(spans: Sequence[StageSpan], batch: int, steps_per_batch: int = 1) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ options and logged opinions; follow-up history is not in an export row and is no
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from data.difficulty import classify
 from data.images import image_from_bytes
 from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
-from data.synthetic import SyntheticCase, generate_cases, make_case
+from data.synthetic import SyntheticCase, iter_cases, make_case
 from graph import prompts
 from rl.simulated import UNCLEAR_SHARE, KnownCase, image_digest, plan_case, planned_opinions
 
@@ -101,17 +102,19 @@ def known_case(case: SyntheticCase) -> KnownCase:
 
 
 def synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> list[Row]:
-    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty).
+    """``n`` triage rows from the synthetic clinic (:func:`iter_synthetic_triage_rows`)."""
+    return list(iter_synthetic_triage_rows(n, seed=seed, size=size))
+
+
+def iter_synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE) -> Iterator[Row]:
+    """``n`` triage rows from the synthetic clinic (the image's colour carries the specialty), one
+    at a time.
 
     Synthetic rows also carry the case's ``modality`` (what the image shows, for the format
     warm-up's ``<think>``, rl/sft.py); rows from the store do not know it."""
-    return [
-        {
-            **triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id),
-            "modality": c.modality,
-        }
-        for c in generate_cases(n, seed=seed, size=size)
-    ]
+    for c in iter_cases(n, seed=seed, size=size):
+        row = triage_row(c.question, c.options, c.images, c.specialty, case_id=c.case_id)
+        yield {**row, "modality": c.modality}
 
 
 def synthetic_attending_rows(
@@ -124,6 +127,30 @@ def synthetic_attending_rows(
     unclear_share: float = UNCLEAR_SHARE,
     opinions: bool = True,
 ) -> list[Row]:
+    """``n`` attending rows (:func:`iter_synthetic_attending_rows`)."""
+    return list(
+        iter_synthetic_attending_rows(
+            n,
+            seed=seed,
+            size=size,
+            mix=mix,
+            n_specialists=n_specialists,
+            unclear_share=unclear_share,
+            opinions=opinions,
+        )
+    )
+
+
+def iter_synthetic_attending_rows(
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = LEARNING_IMAGE_SIZE,
+    mix: Mapping[str, float] | None = None,
+    n_specialists: int = 3,
+    unclear_share: float = UNCLEAR_SHARE,
+    opinions: bool = True,
+) -> Iterator[Row]:
     """``n`` attending rows whose specialists' opinions are simulated with a known ``s``.
 
     ``mix`` gives the share of easy / medium / hard cases (default: a third each); rl/simulated.py's
@@ -139,7 +166,6 @@ def synthetic_attending_rows(
     if set(mix) - {"easy", "medium", "hard"} or min(mix.values()) < 0 or sum(mix.values()) <= 0:
         raise DatasetError(f"mix must weigh easy/medium/hard, got {mix}")
     rng = random.Random(f"attending|{seed}")
-    rows = []
     for index in range(n):
         plan = plan_case(rng, mix, n_specialists, unclear_share)
         case = make_case(index, seed=seed, size=size, clarity=plan.clarity)
@@ -155,8 +181,7 @@ def synthetic_attending_rows(
             case_id=case.case_id,
             difficulty=classify(plan.n_right / n_specialists),
         )
-        rows.append({**row, "modality": case.modality, "clarity": case.clarity, "seen": case.seen})
-    return rows
+        yield {**row, "modality": case.modality, "clarity": case.clarity, "seen": case.seen}
 
 
 # --- stored trajectories -----------------------------------------------------------------------
@@ -195,7 +220,14 @@ REWARD_SOURCES = ("gold", "clinician", "both")
 def rows_from_store(
     store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
 ) -> list[Row]:
-    """Rows for ``role`` from every finished, labelled run in the store.
+    """Rows for ``role`` from every finished, labelled run in the store (:func:`iter_rows_from_store`)."""
+    return list(iter_rows_from_store(store, role, since=since, reward_source=reward_source))
+
+
+def iter_rows_from_store(
+    store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
+) -> Iterator[Row]:
+    """Rows for ``role`` from every finished, labelled run in the store, one at a time.
 
     ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
     clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
@@ -216,11 +248,11 @@ def rows_from_store(
             {**r, "answer": (r["answer"] if reward_source == "both" else None) or clinician.get(r["run_id"])}
             for r in records
         )
-    return list(rows_from_export(records, role))
+    yield from rows_from_export(records, role)
 
 
-def rows_from_dir(path: str | Path, role: str) -> list[Row]:
-    """Rows for ``role`` from a ``mmedagent export`` folder (parquet, hf or jsonl)."""
+def iter_rows_from_dir(path: str | Path, role: str) -> Iterator[Row]:
+    """Rows for ``role`` from a ``mmedagent export`` folder (parquet, hf or jsonl), one at a time."""
     _check_role(role)
     root = Path(path)
     records: Iterable[Mapping[str, Any]]
@@ -236,10 +268,7 @@ def rows_from_dir(path: str | Path, role: str) -> list[Row]:
         records = _jsonl_records(root, root / f"{role}.jsonl")
     else:
         raise DatasetError(f"{root} holds no {role} export ({role}.parquet, {role}/ or {role}.jsonl)")
-    rows = list(rows_from_export(records, role))
-    if not rows:
-        raise DatasetError(f"{root}: no usable {role} rows (gold label and image pixels needed)")
-    return rows
+    yield from rows_from_export(records, role)
 
 
 def _jsonl_records(root: Path, path: Path) -> Iterator[dict[str, Any]]:
@@ -292,21 +321,25 @@ def _decode_images(batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
     return {**batch, "images": [[image_from_bytes(b) for b in imgs] for imgs in batch["images"]]}
 
 
-def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
-    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it.
+def as_table(rows: Iterable[Row] | Any) -> Any:
+    """``rows`` as a memory-mapped table: a table (:func:`write_rows`, or a selection of one) as it
+    is, any other iterable written by :func:`write_rows`."""
+    from datasets import Dataset
+
+    return rows if isinstance(rows, Dataset) else write_rows(rows)
+
+
+def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """``rows`` (any iterable: a generator keeps them out of memory) as a memory-mapped table.
 
     The rows are written ``batch`` at a time to an Arrow file in a temporary folder (removed with
-    the dataset) and memory-mapped, not converted in memory (``Dataset.from_list`` held several
-    copies: +350 MiB for 5,000 attending rows); the images stay bytes in the table and are
-    decoded (normalised as the graph does) when a row is read.
+    the table) and memory-mapped, never held together in memory (``Dataset.from_list`` held
+    several copies: +350 MiB for 5,000 attending rows); images stay their stored bytes. Reading
+    a row gives it back as written; :func:`to_dataset` adds the decoding the trainers need.
     """
     import itertools
-    import shutil
-    import tempfile
-    import weakref
 
     from datasets import Dataset, Value
-    from datasets.arrow_writer import ArrowWriter
 
     it = iter(rows)
     head = list(itertools.islice(it, 64))
@@ -316,14 +349,71 @@ def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
     for name, feature in features.items():
         if feature == Value("null"):  # None in every sampled row (e.g. no difficulty): text
             features[name] = Value("string")
-    folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
-    path = str(Path(folder) / "rows.arrow")
-    with ArrowWriter(features=features, path=path, writer_batch_size=batch) as writer:
+    file = _ArrowFile(features, batch)
+    with file as writer:
         for row in itertools.chain(head, it):
             writer.write(row)
-        writer.finalize()
-    dataset = Dataset.from_file(path)
-    weakref.finalize(dataset, shutil.rmtree, folder, True)
+    return file.dataset
+
+
+def staged(table: Any, order: Sequence[tuple[int, str]], *, mixed: str | None = None) -> Any:
+    """The rows of ``table`` (:func:`write_rows`, or a selection of it) in ``order``'s row indices,
+    decoded as :func:`to_dataset`'s, each with its ``stage``: ``mixed`` for every row, else the
+    row's difficulty (curriculum stages are named by difficulty).
+
+    Nothing is copied: the order is an index mapping over the memory-mapped rows and the stage
+    is added when a row is read."""
+    dataset = table.select([i for i, _ in order])
+    dataset.set_transform(functools.partial(_decode_staged, stage=mixed))
+    return dataset
+
+
+def _decode_staged(batch: dict[str, list[Any]], *, stage: str | None) -> dict[str, list[Any]]:
+    batch = _decode_images(batch) if "images" in batch else batch
+    n = len(next(iter(batch.values())))
+    return {**batch, "stage": [stage] * n if stage else list(batch["difficulty"])}
+
+
+class _ArrowFile:
+    """A context: an ArrowWriter to a temporary file; ``dataset`` is that file memory-mapped once
+    written (the folder goes with the dataset, or at once on an error)."""
+
+    def __init__(self, features: Any, batch: int):
+        import tempfile
+
+        from datasets.arrow_writer import ArrowWriter
+
+        self.folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
+        self.path = str(Path(self.folder) / "rows.arrow")
+        self.writer = ArrowWriter(features=features, path=self.path, writer_batch_size=batch)
+        self.dataset: Any = None
+
+    def __enter__(self) -> Any:
+        return self.writer
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+        import weakref
+
+        from datasets import Dataset
+
+        if exc[0] is not None:
+            self.writer.close()
+            shutil.rmtree(self.folder, True)
+            return
+        self.writer.finalize()
+        self.dataset = Dataset.from_file(self.path)
+        weakref.finalize(self.dataset, shutil.rmtree, self.folder, True)
+
+
+def _decoded(dataset: Any) -> Any:
     if "images" in dataset.column_names:
         dataset.set_transform(_decode_images)
     return dataset
+
+
+def to_dataset(rows: Iterable[Row], *, batch: int = 512) -> Any:
+    """A ``datasets.Dataset`` of rows, as GRPOTrainer and SFTTrainer take it: :func:`write_rows`'s
+    memory-mapped table whose images are decoded (normalised as the graph does) when a row is read.
+    """
+    return _decoded(write_rows(rows, batch=batch))

@@ -21,8 +21,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from graph.protocol import ChatBackend
 from rl.batching import GenerationBatch, generation_batch
-from rl.curriculum import LEVELS, cap_plan, describe_plan, order_rows, stage_spans
-from rl.datasets import Row, to_dataset
+from rl.curriculum import LEVELS, cap_plan, describe_plan, ordered_dataset, stage_spans
+from rl.datasets import Row, as_table
 from rl.grpo_config import GRPORecipe, Stage
 from rl.rewards import REWARD_FUNCS
 
@@ -251,39 +251,17 @@ def _on_cpu() -> bool:
 
 
 def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
-    """TRL's config for ``recipe`` (``recipe.extra`` passes any other GRPOConfig field through)."""
-    cpu = _on_cpu()
-    options: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "learning_rate": recipe.learning_rate,
-        "lr_scheduler_type": recipe.lr_scheduler_type,
-        "warmup_steps": recipe.warmup_steps,
-        "max_grad_norm": recipe.max_grad_norm,
-        "num_generations": recipe.num_generations,
-        "per_device_train_batch_size": recipe.completions_per_step // recipe.gradient_accumulation_steps,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
-        "max_completion_length": recipe.max_completion_length,
-        "temperature": recipe.temperature,
-        "top_entropy_quantile": recipe.top_entropy_quantile,
-        "loss_type": recipe.loss_type,
-        "use_bias_correction_kl": recipe.use_bias_correction_kl,
-        "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
-        "max_steps": recipe.max_steps,
-        "shuffle_dataset": False,
-        "seed": recipe.seed,
-        # transformers' name (TRL's configs still default the deprecated alias, which warns if left unset)
-        "activation_checkpointing": recipe.gradient_checkpointing,
-        "report_to": recipe.report_to,
-        "use_vllm": recipe.use_vllm,
-        "logging_steps": recipe.logging_steps,
-        "save_strategy": "steps" if recipe.save_steps > 0 else "no",
-        "disable_tqdm": not recipe.progress_bar,
-        "use_cpu": cpu,
-        "bf16": not cpu and torch.cuda.is_bf16_supported(),
-    }
-    if recipe.save_steps > 0:
-        options["save_steps"] = recipe.save_steps
-    return GRPOConfig(**{**options, **recipe.extra})
+    """TRL's config for ``recipe``: its GRPOConfig fields as they are, and what a curriculum run fixes."""
+    trl_fields = {f.name for f in fields(GRPOConfig) if f.init}
+    options = {k: v for k, v in recipe.to_dict().items() if k in trl_fields}
+    return GRPOConfig(
+        **{
+            **options,
+            "output_dir": str(output_dir),
+            "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
+            "shuffle_dataset": False,  # the curriculum's order
+        }
+    )
 
 
 def load_policy_model(recipe: GRPORecipe) -> Any:
@@ -345,13 +323,16 @@ def run_generation_batch(args: GRPOConfig) -> GenerationBatch:
 
 def train_grpo(
     recipe: GRPORecipe,
-    rows: Sequence[Row],
+    rows: Iterable[Row] | Any,
     output_dir: str | Path,
     *,
     callbacks: Sequence[Any] = (),
     eval_rows: Sequence[Row] = (),
 ) -> GRPOResult:
     """Train ``recipe.model`` on ``rows`` (curriculum-ordered or mixed) and save the policy.
+
+    ``rows``: any iterable of rows (a generator keeps them out of memory) or a table of
+    rl.datasets.write_rows; they are streamed to memory-mapped tables (rl/curriculum.ordered_dataset).
 
     Every stage is padded to whole generation batches of all processes together, so each batch
     holds one stage and every row of every stage is trained; ``recipe.max_steps`` cuts the plan
@@ -368,8 +349,10 @@ def train_grpo(
     out = Path(output_dir)
     args = grpo_config(recipe, out)
     gen = run_generation_batch(args)
-    ordered, spans = order_rows(
-        rows,
+    table = as_table(rows)
+    n_rows = len(table)
+    dataset, spans = ordered_dataset(
+        table,
         recipe.stages,
         batch=gen.prompts,
         curriculum=recipe.curriculum,
@@ -381,7 +364,7 @@ def train_grpo(
     log.info(
         "GRPO %s (%s, loss %s): %d rows, %d processes, %d completions a step (%d prompts x %d per "
         "generation batch); stage plan:\n%s",
-        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, len(rows),
+        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, n_rows,
         gen.processes, gen.completions_per_step, gen.prompts, recipe.num_generations, describe_plan(plan),
     )  # fmt: skip
     if cut:
@@ -391,7 +374,7 @@ def train_grpo(
         model=load_policy_model(recipe),
         reward_funcs=REWARD_FUNCS[recipe.role],
         args=args,
-        train_dataset=to_dataset(ordered),
+        train_dataset=dataset,
         processing_class=processor,
         peft_config=_peft_config(recipe),
         callbacks=list(callbacks),

@@ -1,4 +1,5 @@
-"""The GRPO recipe: one documented dataclass, loadable from a YAML file in rl/recipes/.
+"""The GRPO recipe: ``trl.GRPOConfig`` plus the LoRA and curriculum fields, read from a YAML file
+in rl/recipes/ with TRL's parser (open-r1's layout: any GRPOConfig field stands at the top level).
 
 Defaults are the paper's (docs/paper.md: G = 8, lr 1e-6, temperature 1.0, per-stage β and γ) except
 where a field says otherwise; rl/recipes/*.yaml hold the settings measured to work for a model size
@@ -7,9 +8,11 @@ where a field says otherwise; rl/recipes/*.yaml hold the settings measured to wo
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from trl import GRPOConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo")  # TRL 1.16's
@@ -49,16 +52,17 @@ MIXED_STAGE = Stage("mixed", beta=4e-3, gamma=5e-3)
 
 
 @dataclass
-class GRPORecipe:
-    """Everything one GRPO training run needs besides its data.
+class GRPORecipe(GRPOConfig):
+    """Everything one GRPO training run needs besides its data: every ``trl.GRPOConfig`` field (its
+    defaults, except the paper's / this project's below) and the fields GRPOConfig lacks.
 
     ``finetune``: ``lora`` (default; the adapter is saved and served on top of ``model``) or ``full``
     (every weight trains and a whole checkpoint is saved). LoRA on the ~0.3M-parameter tiny model
     has too little capacity to learn the synthetic task in minutes, so its recipe uses ``full``.
     ``completions_per_step`` is the number of completions per optimizer step and process (prompts × G),
-    generated at once and split into ``gradient_accumulation_steps`` micro-batches; with N processes
-    a step trains on N times as many (rl/batching.py computes the global generation batch).
-    ``extra`` passes any other ``trl.GRPOConfig`` field through unchanged.
+    generated at once and split into ``gradient_accumulation_steps`` micro-batches (it sets
+    ``per_device_train_batch_size``); with N processes a step trains on N times as many
+    (rl/batching.py computes the global generation batch).
     """
 
     role: Literal["triage", "attending"] = "attending"
@@ -79,54 +83,46 @@ class GRPORecipe:
     # is mostly noise (the token embeddings, the vision tower) then random-walk away at the high rates
     # the tiny model needs, so its recipe freezes them.
     freeze: list[str] = field(default_factory=list)
-    learning_rate: float = 1e-6
-    lr_scheduler_type: str = "constant"
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    num_generations: int = 8
     completions_per_step: int = 128
-    gradient_accumulation_steps: int = 1
-    max_completion_length: int = 256
-    temperature: float = 1.0
-    # < 1: the policy-gradient (and entropy) terms act only on that top fraction of tokens by
-    # entropy (TRL's option). After the format warm-up every format token is near-deterministic
-    # and the answer tokens carry the entropy, so 0.2 trains the decision and leaves the format to
-    # the KL term: the tiny model's high learning rate otherwise breaks the format.
-    top_entropy_quantile: float = 1.0
     # "answer": the policy-gradient and entropy terms act on the answer's tokens only (the decision);
     # the KL term still acts on every token. For the tiny model, whose <think> only repeats what its
     # format warm-up taught, the reward says nothing about those tokens, and their gradient is noise
     # that breaks the format at the learning rates it needs. "all": every completion token (the
     # paper). CurriculumGRPOTrainer (answer_tokens_only) applies it.
     policy_tokens: Literal["all", "answer"] = "all"
-    # TRL's loss aggregation. "grpo" (default): each completion's token losses averaged over its own
-    # length, then over the completions: the paper's J_GRPO. TRL's own default is "dapo" (token-level
-    # normalisation over the batch); a recipe may choose it or another (recorded in the run).
+    # None: the curriculum for the attending (the paper) and one mixed stage for triage.
+    curriculum: bool | None = None
+    stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
+    mixed_stage: Stage = MIXED_STAGE
+    # > 0: that share of the rows is held out and scored greedily during training (accuracy by
+    # difficulty, max_completion_length new tokens) every eval_steps steps (0: at the end only)
+    eval_fraction: float = 0.0
+    progress_bar: bool = True
+
+    # GRPOConfig fields whose default differs from TRL's
+    lr_scheduler_type: str = "constant"
+    max_completion_length: int | None = 256
+    # < 1 (TRL's option): the policy-gradient (and entropy) terms act only on that top fraction of
+    # tokens by entropy. TRL's loss aggregation: "grpo" (default) averages each completion's token
+    # losses over its own length, then over the completions: the paper's J_GRPO. TRL's own default
+    # is "dapo" (token-level normalisation over the batch); a recipe may choose it or another
+    # (recorded in the run).
     loss_type: str = "grpo"
     # The KL term is the paper's (GRPO's k3 estimator exp(r) - r - 1, r = log π_ref - log π, per
     # token). TRL 1.16 multiplies it by the importance ratio by default (DeepSeek-V3.2's bias
     # correction, which changes its gradient even on-policy); False keeps the paper's term.
     use_bias_correction_kl: bool = False
-    # None: the curriculum for the attending (the paper) and one mixed stage for triage.
-    curriculum: bool | None = None
-    stages: list[Stage] = field(default_factory=lambda: list(PAPER_STAGES))
-    mixed_stage: Stage = MIXED_STAGE
-    max_steps: int = -1  # > 0 caps the run; otherwise the stages' rows × epochs decide
-    # > 0: that share of the rows is held out and scored greedily during training (accuracy by
-    # difficulty, max_completion_length new tokens) every eval_steps steps (0: at the end only)
-    eval_fraction: float = 0.0
-    eval_steps: int = 0
     seed: int = 0
-    gradient_checkpointing: bool = False
-    resume_from_checkpoint: str | bool | None = None
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    use_vllm: bool = False
-    logging_steps: int = 10
-    save_steps: int = 0  # 0: no intermediate checkpoints
-    progress_bar: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    # transformers' deprecated alias of activation_checkpointing (TRL defaults it on): unset, so
+    # checkpointing is off unless a recipe turns activation_checkpointing on
+    gradient_checkpointing: bool | None = None
+    eval_steps: float | None = 0  # the held-out scoring's period (EvalAccuracy), not transformers' eval loop
+    save_steps: float = 0  # 0: no intermediate checkpoints
+    bf16: bool | None = None  # None: on a GPU that has bf16 (TRL: whenever fp16 is off, CPU included)
 
     def __post_init__(self) -> None:
+        import torch
+
         if self.curriculum is None:
             self.curriculum = self.role == "attending"
         self.stages = [s if isinstance(s, Stage) else Stage(**s) for s in self.stages]
@@ -149,6 +145,18 @@ class GRPORecipe:
             raise ValueError(f"lora_scope must be 'language_model' or 'all', got {self.lora_scope!r}")
         if len({s.name for s in self.stages}) != len(self.stages):
             raise ValueError("stage names must be unique")
+        self.per_device_train_batch_size = self.completions_per_step // self.gradient_accumulation_steps
+        if self.bf16 is None:
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        self.use_cpu = self.use_cpu or not torch.cuda.is_available()
+        self.save_strategy = "steps" if self.save_steps > 0 else "no"
+        self.disable_tqdm = not self.progress_bar
+        # as given: GRPOConfig derives the one from the other, and refuses both given
+        self._given_batch = {
+            "generation_batch_size": self.generation_batch_size,
+            "steps_per_generation": self.steps_per_generation,
+        }
+        super().__post_init__()
 
     @property
     def prompts_per_step(self) -> int:
@@ -156,29 +164,32 @@ class GRPORecipe:
         return self.completions_per_step // self.num_generations
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field (enums as values, stages as mappings): ``GRPORecipe(**recipe.to_dict())``
+        rebuilds the recipe."""
+        data = {**super().to_dict(), **self._given_batch}
+        data.update({k: getattr(self, k) for k in data if k.endswith("_token")})  # not masked: rebuildable
+        data["stages"] = [vars(s).copy() for s in self.stages]
+        data["mixed_stage"] = vars(self.mixed_stage).copy()
+        return data
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> GRPORecipe:
-        """Read a recipe file; ``overrides`` (e.g. from the command line) win over the file."""
+        """Read a recipe file (by path or name) with TRL's parser; ``overrides`` (e.g. from the
+        command line; None: not given) win over the file."""
         import yaml
+        from trl import TrlParser
 
         path = recipe_path(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a recipe is a mapping of field: value")
-        known = {f.name for f in fields(cls)}
-        other = set(data) - known
-        if other:  # any other trl.GRPOConfig field may stand at the top level too (into ``extra``)
-            from trl import GRPOConfig
-
-            unknown = sorted(other - {f.name for f in fields(GRPOConfig)})
-            if unknown:
-                raise ValueError(
-                    f"{path}: unknown recipe fields {unknown}: neither recipe fields ({sorted(known)}) "
-                    "nor trl.GRPOConfig fields"
-                )
-            data = {k: v for k, v in data.items() if k in known} | {
-                "extra": {**data.get("extra", {}), **{k: data[k] for k in other}}
-            }
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+        parser = TrlParser(cls)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = parser.set_defaults_with_config(**{**data, **given})
+        if unknown:
+            raise ValueError(
+                f"{path}: unknown recipe fields {[k.removeprefix('--') for k in unknown[::2]]}: neither "
+                "recipe fields nor trl.GRPOConfig fields"
+            )
+        (recipe,) = parser.parse_args_into_dataclasses(args=[])
+        return recipe

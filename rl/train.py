@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +27,12 @@ from data.schema import TRAINABLE_ROLES
 from rl.datasets import (
     REWARD_SOURCES,
     Row,
-    rows_from_dir,
-    rows_from_store,
-    synthetic_attending_rows,
-    synthetic_triage_rows,
+    as_table,
+    iter_rows_from_dir,
+    iter_rows_from_store,
+    iter_synthetic_attending_rows,
+    iter_synthetic_triage_rows,
+    write_rows,
 )
 from rl.grpo import GRPOResult, merge_adapter, train_grpo
 from rl.grpo_config import GRPORecipe, recipe_path
@@ -128,34 +130,37 @@ def source_name(opts: argparse.Namespace) -> str:
     return str(opts.data) if opts.data is not None else f"synthetic:{opts.synthetic}"
 
 
-def load_rows(opts: argparse.Namespace, store: TrajectoryStore | None = None) -> list[Row]:
-    """The rows the options name (exactly one source)."""
+def load_rows(opts: argparse.Namespace, store: TrajectoryStore | None = None) -> Any:
+    """The rows the options name (exactly one source), streamed to a memory-mapped table
+    (rl.datasets.write_rows): host memory does not grow with their number."""
     if sum([bool(opts.from_db), opts.data is not None, opts.synthetic > 0]) != 1:
         raise TrainError("give exactly one data source: --from-db, --data DIR or --synthetic N")
     if opts.from_db:
         if store is None:
             raise TrainError("--from-db needs the store (`mmedagent train`)")
-        rows = rows_from_store(store, opts.role, reward_source=opts.reward_source)
+        rows = iter_rows_from_store(store, opts.role, reward_source=opts.reward_source)
     elif opts.data is not None:
-        rows = rows_from_dir(opts.data, opts.role)
+        rows = iter_rows_from_dir(opts.data, opts.role)
     else:
-        make = synthetic_triage_rows if opts.role == "triage" else synthetic_attending_rows
+        make = iter_synthetic_triage_rows if opts.role == "triage" else iter_synthetic_attending_rows
         rows = make(opts.synthetic, seed=opts.seed or 0)
-    if not rows:
+    table = write_rows(rows)
+    if not len(table):
         raise TrainError(f"no usable {opts.role} rows (runs need a gold label and stored pixels)")
-    return rows
+    return table
 
 
 def run_training(
     opts: argparse.Namespace,
-    rows: Sequence[Row],
+    rows: Iterable[Row] | Any,
     *,
     model: str | None = None,
     adapter: str | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainRun:
     """Warm up (optionally) and GRPO-train from ``--model``, else ``model`` (what the role serves,
-    ``adapter`` merged in first: ``mmedagent train``), else the recipe's model."""
+    ``adapter`` merged in first: ``mmedagent train``), else the recipe's model. ``rows``: a table
+    (:func:`load_rows`) or any iterable of rows, written to one first."""
     from accelerate import PartialState
 
     from rl.sft import format_warmup
@@ -164,8 +169,9 @@ def run_training(
     out = Path(opts.out).resolve()  # the registered policy must load from any working directory
     if (out / "policy").exists():
         raise TrainError(f"{out / 'policy'} already exists: choose another --out")
+    table = as_table(rows)
     if opts.resume:
-        return _resume(out, rows, callbacks)
+        return _resume(out, table, callbacks)
     recipe = load_recipe(opts)
     start = opts.model or model or recipe.model
     if not start:
@@ -179,26 +185,30 @@ def run_training(
     if opts.warmup_steps:
         log.info("format warm-up: %d SFT steps on random labels", opts.warmup_steps)
         start = str(
-            format_warmup(start, rows, opts.role, out / "warmup", steps=opts.warmup_steps).policy_path
+            format_warmup(start, table, opts.role, out / "warmup", steps=opts.warmup_steps).policy_path
         )
     recipe.model = start
     if state.is_main_process:
-        plan = {"options": _jsonable(opts), "start": start, "rows": [row_key(r) for r in rows]}
+        plan = {"options": _jsonable(opts), "start": start, "rows": [row_key(r) for r in table]}
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_PLAN_FILE).write_text(json.dumps(plan, indent=1))
-    train_rows, eval_rows = split_eval(rows, recipe.eval_fraction, recipe.seed)
+    train_rows, eval_rows = split_eval(table, recipe.eval_fraction, recipe.seed)
     result = train_grpo(recipe, train_rows, out, callbacks=callbacks, eval_rows=eval_rows)
-    return TrainRun(result, len(rows), source_name(opts), start)
+    return TrainRun(result, len(table), source_name(opts), start)
 
 
-def split_eval(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
-    """(train, eval): ``fraction`` of the rows held out at random (seeded), none when 0."""
+def split_eval(table: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, eval) selections of ``table``: ``fraction`` of its rows held out at random (seeded),
+    none when 0."""
     import random
 
-    if fraction <= 0:
-        return list(rows), []
-    held = set(random.Random(f"eval|{seed}").sample(range(len(rows)), max(1, round(len(rows) * fraction))))
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    n = len(table)
+    held = (
+        set(random.Random(f"eval|{seed}").sample(range(n), max(1, round(n * fraction))))
+        if fraction > 0
+        else set()
+    )
+    return table.select([i for i in range(n) if i not in held]), table.select(sorted(held))
 
 
 def row_key(row: Row) -> str:
@@ -223,21 +233,22 @@ def resume_options(out: Path) -> argparse.Namespace:
     return argparse.Namespace(**{**saved, "resume": True})
 
 
-def _resume(out: Path, rows: Sequence[Row], callbacks: Sequence[Any]) -> TrainRun:
-    """Continue the run in ``out`` on its frozen rows (found among ``rows``, in their frozen order)."""
+def _resume(out: Path, table: Any, callbacks: Sequence[Any]) -> TrainRun:
+    """Continue the run in ``out`` on its frozen rows (found in ``table``, in their frozen order)."""
     plan = json.loads((out / RUN_PLAN_FILE).read_text())
     opts = resume_options(out)
     checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     if not checkpoints:
         raise TrainError(f"{out} holds no checkpoint to resume from (the recipe's save_steps saves them)")
-    by_key: dict[str, list[Row]] = {}
-    for row in rows:
-        by_key.setdefault(row_key(row), []).append(row)
-    frozen: list[Row] = []
+    by_key: dict[str, list[int]] = {}
+    for i, row in enumerate(table):
+        by_key.setdefault(row_key(row), []).append(i)
+    indices: list[int] = []
     for key in plan["rows"]:
         if not by_key.get(key):
             raise TrainError(f"a row of the run is gone from its source ({key}): it cannot resume exactly")
-        frozen.append(by_key[key].pop(0))
+        indices.append(by_key[key].pop(0))
+    frozen = table.select(indices)
     recipe = load_recipe(opts)
     recipe.model = plan["start"]
     recipe.resume_from_checkpoint = str(checkpoints[-1])

@@ -105,8 +105,11 @@ def test_recipe_defaults_yaml_and_validation(tmp_path):
     path.write_text("lr: 1\n")
     with pytest.raises(ValueError, match="unknown recipe fields"):
         GRPORecipe.from_yaml(path)
-    path.write_text("num_iterations: 2\nextra: {epsilon: 0.3}\n")  # any GRPOConfig field, top level
-    assert GRPORecipe.from_yaml(path).extra == {"epsilon": 0.3, "num_iterations": 2}
+    # any GRPOConfig field stands at the top level, beside the curriculum's (TRL's parser)
+    path.write_text("num_iterations: 2\nloss_type: dr_grpo\nnum_generations: 4\ncurriculum: false\n")
+    parsed = GRPORecipe.from_yaml(path)
+    assert (parsed.num_iterations, parsed.loss_type, parsed.num_generations) == (2, "dr_grpo", 4)
+    assert parsed.curriculum is False and parsed.role == "attending"
     with pytest.raises(ValueError, match="multiple of"):
         GRPORecipe(completions_per_step=30)
     with pytest.raises(ValueError, match="finetune"):
@@ -142,6 +145,26 @@ def test_dataset_holds_image_bytes_and_decodes_them_when_read():
     first = ds[0]["images"][0]
     expected = image_from_bytes(rows[0]["images"][0])
     assert (first.mode, first.size, first.tobytes()) == (expected.mode, expected.size, expected.tobytes())
+
+
+@pytest.mark.parametrize("curriculum", [True, False])
+def test_training_dataset_streamed_from_a_generator_is_the_ordered_rows(curriculum):
+    from data.images import image_from_bytes
+    from rl.curriculum import ordered_dataset
+    from rl.datasets import iter_synthetic_attending_rows
+    from rl.grpo_config import MIXED_STAGE
+
+    rows = synthetic_attending_rows(20, seed=6, size=56)
+    kw = {"batch": 4, "curriculum": curriculum, "mixed_stage": MIXED_STAGE, "seed": 3}
+    expected, spans = order_rows(rows, PAPER_STAGES, **kw)
+    dataset, streamed_spans = ordered_dataset(
+        iter_synthetic_attending_rows(20, seed=6, size=56), PAPER_STAGES, **kw
+    )
+    assert streamed_spans == spans
+    assert [(r["case_id"], r["stage"]) for r in dataset] == [(r["case_id"], r["stage"]) for r in expected]
+    assert {r["stage"] for r in dataset} == ({"easy", "medium", "hard"} if curriculum else {"mixed"})
+    last = dataset[len(dataset) - 1]["images"][0]
+    assert last.tobytes() == image_from_bytes(expected[-1]["images"][0]).tobytes()
 
 
 def test_attending_rows_carry_opinions_with_the_planned_difficulty():

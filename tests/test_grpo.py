@@ -236,7 +236,7 @@ def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows
         curriculum=False,
         mixed_stage=Stage("mixed", 0.01, 0.01),
         max_steps=2,
-        extra=adaptive,
+        **adaptive,
     )
     train_grpo(recipe, rows, tmp_path / "run")
     history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
@@ -247,7 +247,7 @@ def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows
 
 def test_adaptive_entropy_starts_each_stage_at_that_stages_gamma(tiny_model_dir, rows, tmp_path):
     adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
-    train_grpo(_recipe(tiny_model_dir, extra=adaptive), rows, tmp_path / "run")
+    train_grpo(_recipe(tiny_model_dir, **adaptive), rows, tmp_path / "run")
     history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
     # one step per stage: each starts at its own gamma (0.2, 0.4, 0.6) and TRL's controller adds delta
     assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.22, 0.42, 0.62]
