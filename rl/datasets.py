@@ -117,28 +117,9 @@ def iter_synthetic_triage_rows(n: int, *, seed: int = 0, size: int = LEARNING_IM
         yield {**row, "modality": c.modality}
 
 
-def synthetic_attending_rows(
-    n: int,
-    *,
-    seed: int = 0,
-    size: int = LEARNING_IMAGE_SIZE,
-    mix: Mapping[str, float] | None = None,
-    n_specialists: int = 3,
-    unclear_share: float = UNCLEAR_SHARE,
-    opinions: bool = True,
-) -> list[Row]:
-    """``n`` attending rows (:func:`iter_synthetic_attending_rows`)."""
-    return list(
-        iter_synthetic_attending_rows(
-            n,
-            seed=seed,
-            size=size,
-            mix=mix,
-            n_specialists=n_specialists,
-            unclear_share=unclear_share,
-            opinions=opinions,
-        )
-    )
+def synthetic_attending_rows(n: int, **options: Any) -> list[Row]:
+    """``n`` attending rows (:func:`iter_synthetic_attending_rows`, with its options)."""
+    return list(iter_synthetic_attending_rows(n, **options))
 
 
 def iter_synthetic_attending_rows(

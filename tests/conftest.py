@@ -23,6 +23,17 @@ def tiny_backend(tiny_model_dir: Path):
     return TransformersBackend(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def patient_backend(tiny_model_dir):
+    """The tiny model, batching with a generous quiet gap: on a loaded machine the three specialist
+    threads of a fan-out can reach the batcher more than the default 5 ms apart."""
+    from app.backends.local import TransformersBackend
+
+    backend = TransformersBackend(str(tiny_model_dir), batch_gap_s=0.5, batch_wait_s=2.0)
+    yield backend
+    backend.close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path):
     """Settings for one test: its own home (SQLite file, checkpoints) and the tiny model."""

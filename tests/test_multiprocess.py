@@ -15,6 +15,7 @@ import pytest
 
 from rl.datasets import synthetic_attending_rows
 from rl.grpo import RUN_FILE
+from tests.recipes import TINY_RECIPE
 
 pytestmark = [
     pytest.mark.slow,
@@ -22,20 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
 ]
 
-RECIPE = """\
-role: attending
-finetune: full
-learning_rate: 1.0e-4
-num_generations: 4
-completions_per_step: 8
-max_completion_length: 6
-logging_steps: 1
-progress_bar: false
-stages:
-  - {name: easy, beta: 0.1, gamma: 0.2}
-  - {name: medium, beta: 0.3, gamma: 0.4}
-  - {name: hard, beta: 0.5, gamma: 0.6}
-"""
+RECIPE = TINY_RECIPE
 CASES = 14
 
 

@@ -26,17 +26,6 @@ ANSWER_B = "<think>the finding</think><answer>B</answer>"
 
 
 @pytest.fixture(scope="module")
-def patient_backend(tiny_model_dir):
-    """The tiny model, batching with a generous quiet gap: on a loaded machine the three specialist
-    threads of a fan-out can reach the batcher more than the default 5 ms apart."""
-    from app.backends.local import TransformersBackend
-
-    backend = TransformersBackend(str(tiny_model_dir), batch_gap_s=0.5, batch_wait_s=2.0)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_model_dir, patient_backend):
     """One case through the tiny model, then again with an attending that answers "B"."""
     settings = Settings(

@@ -13,24 +13,11 @@ from rl.datasets import synthetic_attending_rows
 from rl.grpo import RUN_FILE
 from rl.grpo_config import GRPORecipe, recipe_path
 from rl.train import TrainError, build_parser, resume_options, run_training
+from tests.recipes import TINY_RECIPE
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 
-RECIPE = """\
-role: attending
-finetune: full
-learning_rate: 1.0e-4
-num_generations: 4
-completions_per_step: 8
-max_completion_length: 6
-logging_steps: 1
-save_steps: 1
-progress_bar: false
-stages:
-  - {name: easy, beta: 0.1, gamma: 0.2}
-  - {name: medium, beta: 0.3, gamma: 0.4}
-  - {name: hard, beta: 0.5, gamma: 0.6}
-"""
+RECIPE = TINY_RECIPE + "save_steps: 1\n"  # a checkpoint every step, to resume from
 
 
 class Crash(Exception):

@@ -23,17 +23,6 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 
 
 @pytest.fixture(scope="module")
-def patient_backend(tiny_model_dir):
-    """The tiny model, batching with a generous quiet gap: on a loaded machine the three specialist
-    threads of a fan-out can reach the batcher more than the default 5 ms apart."""
-    from app.backends.local import TransformersBackend
-
-    backend = TransformersBackend(str(tiny_model_dir), batch_gap_s=0.5, batch_wait_s=2.0)
-    yield backend
-    backend.close()
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir, patient_backend):
     """A multi run of the tiny model, and the same case again with an attending that answers "B"
     (a "new policy"): (runtime, run A id, run B id)."""
