@@ -176,13 +176,14 @@ ATTENDING_METHODS = (
 def per_case(backend: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch: int = 64) -> list[float]:
     """1.0 / 0.0 per held-out row: does the greedy answer name the gold option?"""
     from graph.protocol import Sampling
+    from rl.datasets import row_images
     from rl.rewards import answer_accuracy_value
 
     sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
     right: list[float] = []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
-        done = backend.generate([ChatRequest(r["prompt"], list(r["images"]), sampling) for r in chunk])
+        done = backend.generate([ChatRequest(r["prompt"], row_images(r), sampling) for r in chunk])
         right += [
             answer_accuracy_value(c.text, r["answer"], r["options"]) for r, c in zip(chunk, done, strict=True)
         ]
