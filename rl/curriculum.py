@@ -81,6 +81,16 @@ def _stage_order(indices: Sequence[int], stage: Stage, batch: int, rng: random.R
     return out[:n]
 
 
+def _replayed(earlier: Sequence[int], n_own: int, share: float, rng: random.Random) -> list[int]:
+    """Rows of earlier stages to replay beside ``n_own`` rows of a stage, making ``share`` of it."""
+    if not earlier or share <= 0:
+        return []
+    n = round(n_own * share / (1 - share))
+    pool = list(earlier)
+    rng.shuffle(pool)
+    return [pool[i % len(pool)] for i in range(n)]
+
+
 def order_rows(
     rows: Sequence[Row],
     stages: Sequence[Stage],
@@ -117,7 +127,8 @@ def order_indices(
 
     ``batch``: prompts per generation batch; every stage is padded to a multiple of it. With
     ``curriculum`` the stages run in the order given, each on its own difficulty's rows (a stage
-    without rows is skipped); otherwise ``mixed_stage`` takes every row, shuffled.
+    without rows is skipped) plus, where ``stage.replay`` > 0, that share of rows drawn from the
+    stages before it; otherwise ``mixed_stage`` takes every row, shuffled.
     """
     if not difficulties:
         raise CurriculumError("no rows to train on")
@@ -136,11 +147,13 @@ def order_indices(
         plan = [(s, groups[s.name]) for s in stages]
     ordered: list[tuple[int, str]] = []
     spans: list[StageSpan] = []
+    earlier: list[int] = []
     for stage, indices in plan:
         if not indices:
             log.warning("curriculum stage %s has no rows; skipped", stage.name)
             continue
-        block = _stage_order(indices, stage, batch, rng)
+        block = _stage_order(indices + _replayed(earlier, len(indices), stage.replay, rng), stage, batch, rng)
+        earlier += indices
         spans.append(StageSpan(stage, len(ordered), len(block)))
         ordered.extend((i, stage.name) for i in block)
     return ordered, spans

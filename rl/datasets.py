@@ -22,13 +22,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from data.answers import option_letter, option_text
 from data.difficulty import classify
 from data.images import image_from_bytes
 from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
 from data.synthetic import SyntheticCase, iter_cases, make_case
 from graph import prompts
-from rl.simulated import UNCLEAR_SHARE, KnownCase, image_digest, plan_case, planned_opinions
+from rl.simulated import (
+    UNCLEAR_SHARE,
+    KnownCase,
+    image_digest,
+    majority_answer,
+    plan_case,
+    planned_opinions,
+)
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -140,8 +148,10 @@ def iter_synthetic_attending_rows(
     specialist is wrong; unclear images occur only where the specialists' majority is right. The
     consulted specialists are the gold specialty first, then others, as a perfect triage would
     choose them. ``opinions=False`` leaves them out of the prompt (the attending alone, ``single``
-    mode). Rows also carry ``clarity`` and ``seen`` (what the image visibly shows, for the format
-    warm-up's ``<think>``, rl/sft.py).
+    mode). Rows also carry ``clarity``, ``seen`` (what the image visibly shows: the modality and the
+    finding or "unclear"), ``shown`` (the finding's option text on a clear image, else None) and
+    ``said`` (the option text the specialists' majority names; None without opinions), for the
+    format warm-up (rl/sft.py).
     """
     mix = dict(mix or {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3})
     if set(mix) - {"easy", "medium", "hard"} or min(mix.values()) < 0 or sum(mix.values()) <= 0:
@@ -162,7 +172,15 @@ def iter_synthetic_attending_rows(
             case_id=case.case_id,
             difficulty=classify(plan.n_right / n_specialists),
         )
-        yield {**row, "modality": case.modality, "clarity": case.clarity, "seen": case.seen}
+        said = majority_answer([text for _, text in planned], case.options) if opinions else None
+        yield {
+            **row,
+            "modality": case.modality,
+            "clarity": case.clarity,
+            "seen": case.seen,
+            "shown": case.answer_text if case.clarity == "clear" else None,
+            "said": option_text(next(o for o in case.options if option_letter(o) == said)) if said else None,
+        }
 
 
 # --- stored trajectories -----------------------------------------------------------------------
@@ -340,11 +358,16 @@ def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
 def staged(table: Any, order: Sequence[tuple[int, str]], *, mixed: str | None = None) -> Any:
     """The rows of ``table`` (:func:`write_rows`, or a selection of it) in ``order``'s row indices,
     decoded as :func:`to_dataset`'s, each with its ``stage``: ``mixed`` for every row, else the
-    row's difficulty (curriculum stages are named by difficulty).
+    stage ``order`` gives it.
 
-    Nothing is copied: the order is an index mapping over the memory-mapped rows and the stage
-    is added when a row is read."""
+    Nothing is copied while every row's stage is its difficulty (curriculum stages are named by
+    difficulty): the order is an index mapping over the memory-mapped rows and the stage is added
+    when a row is read. A stage that replays earlier stages' rows (``Stage.replay``) gives rows
+    another stage than their difficulty: the stages then become a column, written beside the
+    memory-mapped rows."""
     dataset = table.select([i for i, _ in order])
+    if mixed is None and any(s != d for (_, s), d in zip(order, dataset["difficulty"], strict=True)):
+        dataset = dataset.add_column("stage", [s for _, s in order])
     dataset.set_transform(functools.partial(_decode_staged, stage=mixed))
     return dataset
 
@@ -352,7 +375,9 @@ def staged(table: Any, order: Sequence[tuple[int, str]], *, mixed: str | None = 
 def _decode_staged(batch: dict[str, list[Any]], *, stage: str | None) -> dict[str, list[Any]]:
     batch = _decode_images(batch) if "images" in batch else batch
     n = len(next(iter(batch.values())))
-    return {**batch, "stage": [stage] * n if stage else list(batch["difficulty"])}
+    if stage:
+        return {**batch, "stage": [stage] * n}
+    return batch if "stage" in batch else {**batch, "stage": list(batch["difficulty"])}
 
 
 class _ArrowFile:

@@ -38,6 +38,14 @@ class Stage:
     beta: float  # KL(π‖π_ref) coefficient
     gamma: float  # entropy bonus: loss -= γ · mean token entropy of the completions
     epochs: float = 1.0  # passes over the stage's rows
+    # The share of the stage's rows replayed from the stages before it (rehearsal): a stage that
+    # never shows an earlier stage's kind of case can wipe out what that stage taught (measured on
+    # the attending: rl/recipes/tiny-attending.yaml). 0: the stage's own rows only (the paper).
+    replay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"stage {self.name}: replay must be in [0, 1), got {self.replay}")
 
 
 # The paper's per-stage coefficients: more KL and more entropy as the cases get harder, so the

@@ -3,16 +3,22 @@
 Both train on the same rows as GRPO (rl/datasets.py), with a completion in the graph's strict
 format, ``<think>…</think><answer> X</answer>``:
 - ``gold_completions``: X is the gold label (the SFT baseline reviewers asked for).
-- ``warmup_completions``: X is drawn at random from the row's choices (the specialties for triage,
-  the options' texts for the attending), freshly for every pass. The model learns the format and
-  an even spread over the choices, but nothing about which one is right: held-out accuracy stays
+- ``warmup_completions``: X is drawn at random, freshly for every pass: for triage from the
+  specialties, for the attending from the options' texts. The model learns the format and an even
+  spread over the choices, but nothing about which one is right: held-out triage accuracy stays
   at chance, and GRPO then sees non-zero rewards from its first step (docs/learning.md). Where a row
   knows what its image shows (the synthetic clinic: ``seen``, the modality and the finding or
-  "unclear"; else ``modality``), the ``<think>`` names it: the warm-up then
-  also teaches the model to say what it sees, as a pretrained VLM would, and leaves to GRPO which
-  specialist (or which answer) follows from it. Measured on the tiny model (seed 1, triage, answer
-  tokens only): with this perception in the think GRPO went from 0.143 to 1.000 held-out in 200
-  steps; runs with a fixed ``image`` think stayed below 0.6 after 300.
+  "unclear"; else ``modality``), the ``<think>`` names it: the warm-up then also teaches the model
+  to say what it sees, as a pretrained VLM would, and leaves to GRPO which specialist (or which
+  answer) follows from it. Measured on the tiny model (seed 1, triage, answer tokens only): with
+  this perception in the think GRPO went from 0.143 to 1.000 held-out in 200 steps; runs with a
+  fixed ``image`` think stayed below 0.6 after 300.
+  Where an attending row also knows what its specialists' majority said (``said``), the think
+  names that too, and X is one of the readings at even odds (the image's finding or the
+  majority's answer; the majority's alone on an unclear image, which names nothing): the warm-up
+  teaches reading both sources and answering with what they say, and nothing about which to trust
+  when they disagree. That is what GRPO must learn: overrule the specialists where the image
+  shows otherwise, and keep following them where it shows nothing.
 The space before X keeps every specialty a single token of the tiny tokenizer, and spells an
 option's text as the think and the specialists' opinions spell it. The attending answers with the
 option's text, not its letter: the tiny model never learned to point from what it sees to a
@@ -63,9 +69,28 @@ def gold_label(row: Row, role: str) -> str:
     )
 
 
-def _sft_row(row: Row, answer: str) -> Row:
+def think_of(row: Row) -> str:
+    """What the warm-up's ``<think>`` says: what the image shows and, where the row knows it, what
+    the specialists' majority said (``"ct: Mass; specialists: Fracture"``)."""
     think = row.get("seen") or row.get("modality") or THINK
-    return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer, think)}
+    return f"{think}; specialists: {row['said']}" if row.get("said") else think
+
+
+def _sft_row(row: Row, answer: str) -> Row:
+    return {"prompt": row["prompt"], "images": row["images"], "completion": completion(answer, think_of(row))}
+
+
+def warmup_answer(row: Row, role: str, rng: random.Random) -> str:
+    """A warm-up answer that knows nothing of which evidence is right.
+
+    Where the row knows what its evidence names (``shown``: the image's finding, None when unclear;
+    ``said``: the specialists' majority), one of the readings the evidence gives is drawn with even
+    odds: either one where both are readable, the majority's alone where the image is unclear (it
+    names nothing); otherwise a random choice.
+    """
+    if role == "attending" and row.get("said"):
+        return rng.choice([x for x in (row.get("shown"), row["said"]) if x])
+    return rng.choice(choices(row, role))
 
 
 def gold_completions(rows: Sequence[Row], role: str) -> list[Row]:
@@ -78,7 +103,7 @@ def warmup_completions(rows: Sequence[Row], role: str, n: int, *, seed: int = 0)
     if not rows:
         raise ValueError("no rows for the format warm-up")
     rng = random.Random(f"warmup|{seed}")
-    return [_sft_row(rows[i % len(rows)], rng.choice(choices(rows[i % len(rows)], role))) for i in range(n)]
+    return [_sft_row(rows[i % len(rows)], warmup_answer(rows[i % len(rows)], role, rng)) for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from data.synthetic import generate_cases
 from graph.parse import parse_think_answer, parse_triage
 from graph.prompts import attending_messages, triage_messages
 from graph.protocol import ChatRequest
-from rl.curriculum import CurriculumError, order_rows, split_by_difficulty, stage_spans
+from rl.curriculum import CurriculumError, order_rows, ordered_dataset, split_by_difficulty, stage_spans
 from rl.datasets import (
     DatasetError,
     case_images,
@@ -23,7 +23,7 @@ from rl.datasets import (
 )
 from rl.grpo_config import PAPER_STAGES, GRPORecipe, Stage
 from rl.rewards import answer_accuracy_value
-from rl.sft import choices, gold_completions, warmup_completions
+from rl.sft import choices, gold_completions, gold_label, warmup_completions
 from rl.simulated import AnswerKey, SimulatedSpecialist, majority_answer, planned_opinions
 
 
@@ -60,6 +60,29 @@ def test_curriculum_orders_stages_easy_medium_hard_in_whole_batches():
     }
     plan = stage_spans(spans, batch=2)
     assert plan[1] == {"stage": "medium", "first_step": 5, "steps": 2, "rows": 4, "beta": 4e-3, "gamma": 5e-3}
+
+
+def test_a_stage_replays_its_share_of_earlier_stages_rows():
+    rows = _rows({"easy": 6, "medium": 6, "hard": 12})
+    stages = [Stage("easy", 0, 0), Stage("medium", 0, 0, replay=0.5), Stage("hard", 0, 0, replay=0.25)]
+    ordered, spans = order_rows(rows, stages, batch=2, seed=3)
+    by_stage = {
+        s: Counter(r["difficulty"] for r in ordered if r["stage"] == s) for s in ("easy", "medium", "hard")
+    }
+    assert by_stage["easy"] == {"easy": 6}  # the first stage has nothing to replay
+    assert by_stage["medium"] == {"medium": 6, "easy": 6}  # half of the stage from before it
+    hard_earlier = by_stage["hard"]["easy"] + by_stage["hard"]["medium"]
+    assert (by_stage["hard"]["hard"], hard_earlier) == (12, 4)  # a quarter, from easy and medium
+    assert [s.rows for s in spans] == [6, 12, 16]
+    replayed = [r["case_id"] for r in ordered if r["stage"] == "medium" and r["difficulty"] == "easy"]
+    assert len(set(replayed)) == 6  # drawn without repeats while the pool lasts
+    without, _ = order_rows(rows, [Stage(s.name, 0, 0) for s in stages], batch=2, seed=3)
+    assert all(r["stage"] == r["difficulty"] for r in without)  # replay 0: the paper's stages
+    with pytest.raises(ValueError, match="replay"):
+        Stage("hard", 0, 0, replay=1.0)
+    # the trainer's dataset tags every row with the stage it is replayed in, not its difficulty
+    dataset, _ = ordered_dataset([{**r, "prompt": "p"} for r in rows], stages, batch=2, seed=3)
+    assert [(x["stage"], x["case_id"]) for x in dataset] == [(r["stage"], r["case_id"]) for r in ordered]
 
 
 def test_curriculum_skips_empty_stages_and_rejects_unknown_ones():
@@ -222,6 +245,39 @@ def test_sft_completions_are_strict_and_warmup_labels_are_random():
         for i, w in enumerate(warm)
     )
     assert agree < 160  # about 1/7 of 700: the labels carry no information
+
+
+def test_attending_warmup_names_both_readings_and_answers_either_at_even_odds():
+    rows = synthetic_attending_rows(60, seed=0, size=56)
+    for r in rows:  # the rows know what their evidence names
+        majority = majority_answer([ln.split("] ", 1)[1] for ln in _opinion_lines(r)], r["options"])
+        assert r["said"] == next(o[3:] for o in r["options"] if o[0] == majority)
+        assert r["shown"] == (gold_label(r, "attending") if r["clarity"] == "clear" else None)
+    warm = warmup_completions(rows, "attending", 1200, seed=0)
+    picks: Counter = Counter()
+    for i, w in enumerate(warm):
+        r = rows[i % len(rows)]
+        parsed = parse_think_answer(w["completion"][0]["content"])
+        assert parsed.think == f"{r['seen']}; specialists: {r['said']}"
+        if r["clarity"] == "clear" and r["shown"] != r["said"]:
+            picks["image" if parsed.answer.strip() == r["shown"] else "specialists"] += 1
+        elif r["clarity"] == "unclear":
+            picks["unclear: specialists" if parsed.answer.strip() == r["said"] else "unclear: other"] += 1
+    # where image and specialists disagree, each is answered about half the time: nothing says which
+    # is right; an unclear image names nothing, and the majority's reading is the one left
+    assert 0.4 < picks["image"] / (picks["image"] + picks["specialists"]) < 0.6
+    assert picks["unclear: specialists"] > 100 and picks["unclear: other"] == 0
+    # without opinions (the single mode) the think names the image alone and answers at random
+    alone = synthetic_attending_rows(8, seed=0, size=56, opinions=False)
+    assert all(r["said"] is None for r in alone)
+    assert {
+        parse_think_answer(w["completion"][0]["content"]).think
+        for w in warmup_completions(alone, "attending", 8)
+    } == {r["seen"] for r in alone}
+
+
+def _opinion_lines(row: dict) -> list[str]:
+    return row["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1].splitlines()
 
 
 def test_simulated_specialist_is_right_with_its_probability_and_deterministic():
