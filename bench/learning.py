@@ -6,7 +6,7 @@ and the SFT baseline: gold-label SFT from the same warm-up on the same number of
 
 Attending (per seed): the synthetic clinic's attending cases (rl/simulated.py: opinions right on
 every easy case, on some of each medium case, on no hard case, wrong ones on one shared decoy; an
-unclear image, its finding hidden, only where the majority is right). From one format warm-up:
+unclear image, its finding hidden, only on easy cases). From one format warm-up:
 image-only (curriculum GRPO without opinions, ``single`` mode), gold-label SFT, mixed GRPO,
 curriculum GRPO without the entropy bonus and with it (the paper), every GRPO variant on the same
 rows for the same number of steps; next to chance, copy-the-majority and the perfect attending's
@@ -61,22 +61,6 @@ LEVELS = ("easy", "medium", "hard")
 
 def accuracy(model: str, rows: list[dict[str, Any]], role: str) -> dict[str, float]:
     return score_policy(TransformersBackend(model), rows, role)
-
-
-def majority_baseline(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy of answering what most specialists said, per difficulty."""
-    out: dict[str, list[float]] = {"all": []}
-    for r in rows:
-        text = r["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
-        opinions = [line.split("] ", 1)[1] for line in text.splitlines()]
-        right = float(majority_answer(opinions, r["options"]) == r["answer"])
-        out["all"].append(right)
-        out.setdefault(r["difficulty"], []).append(right)
-    return {k: sum(v) / len(v) for k, v in out.items()}
-
-
-def fmt(acc: dict[str, float], keys: tuple[str, ...]) -> str:
-    return "  ".join(f"{acc.get(k, float('nan')):6.3f}" for k in keys)
 
 
 class HeldOutCurve(TrainerCallback):

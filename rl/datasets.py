@@ -145,7 +145,7 @@ def iter_synthetic_attending_rows(
     ``mix`` gives the share of easy / medium / hard cases (default: a third each); rl/simulated.py's
     ``plan_case`` draws each case's number of right specialists and its image clarity: on clear
     images the finding's mark gives the answer, so the attending can be right where every
-    specialist is wrong; unclear images occur only where the specialists' majority is right. The
+    specialist is wrong; unclear images occur only where every specialist is right. The
     consulted specialists are the gold specialty first, then others, as a perfect triage would
     choose them. ``opinions=False`` leaves them out of the prompt (the attending alone, ``single``
     mode). Rows also carry ``clarity``, ``seen`` (what the image visibly shows: the modality and the

@@ -86,8 +86,11 @@ def planned_opinions(
     return [(s, draw_opinion(case, s, s in right, seed)) for s in specialties]
 
 
-# The share of unclear images among the cases whose specialists' majority is right (the only cases
-# an unclear image may have: every case stays answerable from the evidence it shows).
+# The share of unclear images among the cases whose specialists all agree on the right answer (the
+# only cases an unclear image may have: every case stays answerable from the evidence it shows, and
+# from opinions the tiny model reads reliably: with unclear images on 2-to-1 cases too, its warm-up
+# read the majority right on 14 of 18 such held-out cases, and after curriculum GRPO it answered 8
+# of the 18 right, seed 0).
 UNCLEAR_SHARE = 0.75
 
 
@@ -103,17 +106,17 @@ def plan_case(
     rng: random.Random, mix: dict[str, float], n_specialists: int, unclear_share: float = UNCLEAR_SHARE
 ) -> CasePlan:
     """Draw a case's plan: difficulty from ``mix`` (a medium case has 1..n-1 specialists right), then
-    an unclear image with probability ``unclear_share`` where the specialists' majority is right.
+    an unclear image with probability ``unclear_share`` where every specialist is right (easy).
 
-    Hard cases (every specialist wrong, on one shared decoy) always have a clear image: copying the
-    majority fails there, and the image alone gives the answer. On unclear images the opinions are
-    the only evidence, and their majority is right.
+    Hard cases (every specialist wrong, on one shared decoy) and medium ones always have a clear
+    image: copying the majority fails on every hard case and on some medium ones, and the image
+    gives the answer. On unclear images the opinions are the only evidence, and they are right.
     """
     level = rng.choices(list(mix), list(mix.values()))[0]
     n_right = {"easy": n_specialists, "hard": 0}.get(level)
     if n_right is None:
         n_right = rng.randint(1, n_specialists - 1)
-    unclear = 2 * n_right > n_specialists and rng.random() < unclear_share
+    unclear = n_right == n_specialists and rng.random() < unclear_share
     return CasePlan(n_right, "unclear" if unclear else "clear")
 
 
