@@ -14,23 +14,10 @@ from app.runtime import CaseRequest, Runtime
 from data.store import TrajectoryStore
 from data.synthetic import generate_cases
 from rl.simulated import AnswerKey, SimulatedSpecialist
+from tests.recipes import TINY_RECIPE
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
 runner = CliRunner()
-
-RECIPE = """\
-finetune: full
-learning_rate: 1.0e-4
-num_generations: 4
-completions_per_step: 8
-max_completion_length: 6
-logging_steps: 1
-progress_bar: false
-stages:
-  - {name: easy, beta: 1.0e-3, gamma: 1.0e-4}
-  - {name: medium, beta: 4.0e-3, gamma: 5.0e-3}
-  - {name: hard, beta: 1.0e-2, gamma: 3.0e-2}
-"""
 
 
 @pytest.fixture
@@ -66,7 +53,7 @@ def test_trained_policy_is_registered_served_and_recorded(home, tmp_path, tiny_b
         rt.close()
     assert len(levels) >= 2  # the simulated specialists made cases of several difficulties
 
-    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     out = tmp_path / "att-run"
     args = ["train", "--role", "attending", "--from-db", "--out", str(out), "--recipe", "tiny.yaml"]
     result = runner.invoke(app, [*args, "--max-steps", "2"])
@@ -134,7 +121,7 @@ def test_train_from_an_export_folder_without_curriculum(home, tmp_path, tiny_bac
         export(rt.store, ExportFilter(role="triage", with_gold=True), "parquet", tmp_path / "export")
     finally:
         rt.close()
-    (tmp_path / "tiny.yaml").write_text(RECIPE)
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     out = tmp_path / "tri-run"
     data = ["--data", str(tmp_path / "export"), "--no-curriculum", "--no-register"]
     result = runner.invoke(
