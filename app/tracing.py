@@ -45,6 +45,21 @@ def traces_url(endpoint: str) -> str:
     return endpoint if endpoint.endswith("/v1/traces") else f"{endpoint}/v1/traces"
 
 
+class _OwnExportsQuiet(logging.Filter):
+    """Drops the OTLP exporter's own records while a ``_WarnOnce`` export runs on this thread (it
+    warns once itself); the exporter's records from anyone else in the process pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exporting = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(self.exporting, "on", False)
+
+
+_QUIET = _OwnExportsQuiet()
+
+
 class _WarnOnce(SpanExporter):
     """Wraps the OTLP exporter: a failure drops the batch, warns once per process, and pauses
     exporting for ``RETRY_AFTER_S`` (no time spent on a receiver known to be down)."""
@@ -58,10 +73,13 @@ class _WarnOnce(SpanExporter):
         now = time.monotonic()
         if now < self._down_until:
             return SpanExportResult.FAILURE
+        _QUIET.exporting.on = True
         try:
             result = self._inner.export(spans)
         except Exception:  # never let an exporter bug reach the run
             result = SpanExportResult.FAILURE
+        finally:
+            _QUIET.exporting.on = False
         if result is SpanExportResult.FAILURE:
             self._down_until = time.monotonic() + RETRY_AFTER_S
             if not self._warned:
@@ -135,7 +153,7 @@ class RunTracer:
         self._provider.add_span_processor(
             BatchSpanProcessor(exporter, max_queue_size=max_queue, schedule_delay_millis=500)
         )
-        logging.getLogger(_EXPORTER_LOGGER).setLevel(logging.CRITICAL)
+        logging.getLogger(_EXPORTER_LOGGER).addFilter(_QUIET)  # a no-op once added
         self._tracer = self._provider.get_tracer("mmedagent")
 
     def flush(self, timeout_s: float = 10.0) -> bool:

@@ -216,7 +216,6 @@ def test_image_count_mismatch_is_a_backend_error(backend: TransformersBackend) -
         backend.generate([request])
 
 
-@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")  # raised inside peft
 def test_lora_adapter(backend: TransformersBackend, tiny_model_dir: Path, tmp_path: Path) -> None:
     peft = pytest.importorskip("peft")
     from transformers import Qwen2_5_VLForConditionalGeneration

@@ -170,3 +170,9 @@ def test_receiver_down_runs_succeed_with_one_warning(make_runtime, caplog):
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert [r.name for r in warnings] == ["app.tracing"], [r.getMessage() for r in warnings]
     assert down in warnings[0].getMessage()
+    # Only our own exports are quieted: the exporter's logger keeps its level for anyone else.
+    exporter_log = logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+    assert exporter_log.level == logging.NOTSET
+    with caplog.at_level(logging.INFO):
+        exporter_log.warning("another exporter in this process")
+    assert caplog.records[-1].getMessage() == "another exporter in this process"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 import threading
 import uuid
@@ -24,26 +23,17 @@ import numpy as np
 import pydicom
 import pytest
 from gradio.utils import get_upload_folder
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from app.config import RoleSpec, Settings, UISettings
 from app.runtime import Runtime
 from data.schema import ROLES
 from data.synthetic import make_case
 from tests.test_images import dicom_bytes
-from tests.ui_server import serving
+from tests.ui_server import ARTIFACTS, chromium, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 STEP_TIMEOUT_MS = 60_000
 
 
@@ -87,11 +77,7 @@ def app_url(app_runtime):
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (scripts/system-deps.sh installs it as root)")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         context = browser.new_context(
             viewport={"width": 1280, "height": 1000},
             accept_downloads=True,
@@ -102,7 +88,6 @@ def page(app_url):
         page.goto(app_url)
         page.wait_for_selector("#case-input textarea")
         yield page
-        browser.close()
 
 
 def shot(page, name: str) -> None:

@@ -3,23 +3,16 @@ Chromium, on runs of the real tiny model. Screenshots go to artifacts/ui/ (gitig
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
-from playwright.sync_api import sync_playwright
 
 from app.config import RoleSpec, Settings
 from app.runtime import CaseRequest, Runtime
 from data.schema import ROLES
 from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
-from tests.ui_server import serving
+from tests.ui_server import ARTIFACTS, chromium, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +44,8 @@ def runs(tmp_path_factory, tiny_model_dir, patient_backend):
 
 @pytest.fixture(scope="module")
 def page(runs):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (scripts/system-deps.sh installs it as root)")
     runtime, run_a, _ = runs
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with serving(runtime) as url, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+    with chromium() as browser, serving(runtime) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.set_default_timeout(60_000)
         page.goto(url)
@@ -67,7 +54,6 @@ def page(runs):
         page.click("#trace-open")
         page.locator("#trace-summary").get_by_text("Graph path").wait_for()
         yield page
-        browser.close()
 
 
 def test_timeline_shows_five_calls_with_the_specialists_in_one_batch(page, runs):

@@ -1,14 +1,31 @@
-"""Serve the Gradio app in-process on a free loopback port, for the UI tests."""
+"""For the UI tests: the Gradio app served in-process on a free loopback port, and the headless
+Chromium that drives it (screenshots go to artifacts/ui/, gitignored)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from app.runtime import Runtime
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 
 
 def free_port() -> int:
@@ -28,3 +45,19 @@ def serving(runtime: Runtime) -> Iterator[str]:
         yield url.rstrip("/")
     finally:
         demo.close()
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, under Playwright; skips the test where it is not installed."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (scripts/system-deps.sh installs it as root)")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
