@@ -6,7 +6,8 @@ and the SFT baseline: gold-label SFT from the same warm-up on the same number of
 
 Attending (per seed): the synthetic clinic's attending cases (rl/simulated.py: opinions right on
 every easy case, on some of each medium case, on no hard case, wrong ones on one shared decoy; an
-unclear image, its finding hidden, only on easy cases). From one format warm-up:
+unclear image, its finding hidden, only on easy cases). From one format warm-up (on the clinic's
+own warm-up cases, rl/datasets.py ``iter_attending_warmup_rows``):
 image-only (curriculum GRPO without opinions, ``single`` mode), gold-label SFT, mixed GRPO,
 curriculum GRPO without the entropy bonus and with it (the paper), every GRPO variant on the same
 rows for the same number of steps; next to chance, copy-the-majority and the perfect attending's
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -45,7 +47,11 @@ from app.backends.local import TransformersBackend  # noqa: E402
 from app.tiny_model import build_tiny_model  # noqa: E402
 from graph.protocol import ChatRequest, Completion  # noqa: E402
 from rl.curriculum import order_rows  # noqa: E402
-from rl.datasets import synthetic_attending_rows, synthetic_triage_rows  # noqa: E402
+from rl.datasets import (  # noqa: E402
+    iter_attending_warmup_rows,
+    synthetic_attending_rows,
+    synthetic_triage_rows,
+)
 from rl.grpo import score_policy, train_grpo  # noqa: E402
 from rl.grpo_config import GRPORecipe  # noqa: E402
 from rl.sft import SFTRecipe, format_warmup, gold_completions, train_sft  # noqa: E402
@@ -53,8 +59,8 @@ from rl.simulated import majority_answer  # noqa: E402
 
 RECIPES = ROOT / "rl" / "recipes"
 # Format warm-up steps per role. The attending's warm-up must also learn to read the finding's mark
-# and the specialists' majority (rl/sft.py): after 300 steps it read 61 of 87 clear held-out images
-# right, after 600 steps 83 of 87 (seed 0).
+# and the specialists' majority (rl/sft.py): after 600 steps on its own 2,400 cases its think named
+# the finding of 101 of 103 clear held-out images (seed 0).
 WARMUP_STEPS = {"triage": 200, "attending": 600}
 LEVELS = ("easy", "medium", "hard")
 
@@ -109,18 +115,36 @@ class LiveBackend:
         return [Completion(text=t, model_id=self.model_id) for t in decoded]
 
 
+def warmup_key(base: Path, rows: list[dict[str, Any]], role: str, steps: int, seed: int) -> str:
+    """What a warm-up checkpoint is made from, hashed: the tiny base's files, the rows (prompts,
+    images, answers, what their evidence shows) and the run's settings. A cached warm-up is reused
+    only under the same key, so one made from an older clinic or checkpoint is never mistaken for
+    this one. (Changes to the SFT code itself are not in the key: clear the cache after them.)"""
+    digest = hashlib.sha256(json.dumps({"role": role, "steps": steps, "seed": seed}).encode())
+    for f in sorted(base.iterdir()):
+        digest.update(f.name.encode() + f.read_bytes())
+    for row in rows:
+        text = json.dumps(row, sort_keys=True, default=lambda raw: hashlib.sha256(raw).hexdigest())
+        digest.update(text.encode())
+    return digest.hexdigest()[:12]
+
+
 def warm_start(
     base_seed: int, rows: list[dict[str, Any]], role: str, work: Path, args: argparse.Namespace
 ) -> tuple[str, float, int]:
-    """The format warm-up checkpoint for (role, seed), reused from ``--cache`` when there."""
+    """The format warm-up checkpoint for (role, seed), reused from ``--cache`` when made from the
+    same base, rows and settings (``warmup_key``)."""
     steps = args.warmup or WARMUP_STEPS[role]
-    root = (args.cache / f"{role}-{base_seed}-warmup{steps}") if args.cache else work
+    base = build_tiny_model(work / "base", seed=base_seed)
+    key = warmup_key(base, rows, role, steps, base_seed)
+    root = (args.cache / f"{role}-{base_seed}-warmup{steps}-{key}") if args.cache else work
     policy = root / "warmup" / "policy"
     if (policy / "config.json").is_file():
         return str(policy), 0.0, steps
-    base = str(build_tiny_model(root / "base", seed=base_seed))
     t0 = time.perf_counter()
-    warm = format_warmup(base, rows, role, root / "warmup", steps=steps, seed=base_seed, progress_bar=False)
+    warm = format_warmup(
+        str(base), rows, role, root / "warmup", steps=steps, seed=base_seed, progress_bar=False
+    )
     return str(warm.policy_path), time.perf_counter() - t0, warm.steps
 
 
@@ -230,7 +254,8 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     paper = GRPORecipe.from_yaml(args.attending_recipe, seed=seed)
     rows = synthetic_attending_rows(args.attending_rows, seed=seed)
     held = synthetic_attending_rows(args.heldout, seed=10_000 + seed)
-    warm, warm_s, warm_steps = warm_start(seed, rows, "attending", work, args)
+    warmup = list(iter_attending_warmup_rows(seed))  # the clinic's own warm-up cases, as the CLI's
+    warm, warm_s, warm_steps = warm_start(seed, warmup, "attending", work, args)
     tokens = paper.max_completion_length
     out: dict[str, Any] = {
         "rows": held, "warm_s": warm_s, "warm_steps": warm_steps,
@@ -333,7 +358,12 @@ def main() -> None:
         help="attending methods to train (chance and majority are always printed)",
     )
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
-    ap.add_argument("--cache", type=Path, default=None, help="keep and reuse the warm-up checkpoints here")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep and reuse the warm-up checkpoints here (keyed by their base, rows and settings)",
+    )
     args = ap.parse_args()
     import torch
 

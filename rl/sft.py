@@ -18,7 +18,9 @@ format, ``<think>…</think><answer> X</answer>``:
   majority's answer; the majority's alone on an unclear image, which names nothing): the warm-up
   teaches reading both sources and answering with what they say, and nothing about which to trust
   when they disagree. That is what GRPO must learn: overrule the specialists where the image
-  shows otherwise, and keep following them where it shows nothing.
+  shows otherwise, and keep following them where it shows nothing. A synthetic attending run
+  warms up on the clinic's own warm-up cases (rl/datasets.py ``iter_attending_warmup_rows``), so
+  that the model learns to read rather than learning its training rows by heart.
 The space before X keeps every specialty a single token of the tiny tokenizer, and spells an
 option's text as the think and the specialists' opinions spell it. The attending answers with the
 option's text, not its letter: the tiny model never learned to point from what it sees to a

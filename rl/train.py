@@ -28,6 +28,7 @@ from rl.datasets import (
     REWARD_SOURCES,
     Row,
     as_table,
+    iter_attending_warmup_rows,
     iter_rows_from_dir,
     iter_rows_from_store,
     iter_synthetic_attending_rows,
@@ -71,7 +72,12 @@ def build_parser(prog: str, *, registering: bool = False) -> argparse.ArgumentPa
         "--curriculum", action=argparse.BooleanOptionalAction, default=None,
         help="easy -> medium -> hard, or all mixed [the recipe's; attending: curriculum, triage: mixed]",
     )  # fmt: skip
-    p.add_argument("--warmup-steps", type=int, default=0, help="random-label SFT format warm-up steps first")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=0,
+        help="random-label SFT format warm-up steps first (synthetic attending: on the clinic's own cases)",
+    )
     p.add_argument("--max-steps", type=int, help="cap on GRPO optimizer steps (cuts the stage plan)")
     p.add_argument("--learning-rate", type=float, help="overrides the recipe")
     p.add_argument("--seed", type=int, help="overrides the recipe")
@@ -185,7 +191,9 @@ def run_training(
     if opts.warmup_steps:
         log.info("format warm-up: %d SFT steps on random labels", opts.warmup_steps)
         start = str(
-            format_warmup(start, table, opts.role, out / "warmup", steps=opts.warmup_steps).policy_path
+            format_warmup(
+                start, warmup_rows(opts, table), opts.role, out / "warmup", steps=opts.warmup_steps
+            ).policy_path
         )
     recipe.model = start
     if state.is_main_process:
@@ -195,6 +203,15 @@ def run_training(
     train_rows, eval_rows = split_eval(table, recipe.eval_fraction, recipe.seed)
     result = train_grpo(recipe, train_rows, out, callbacks=callbacks, eval_rows=eval_rows)
     return TrainRun(result, len(table), source_name(opts), start)
+
+
+def warmup_rows(opts: argparse.Namespace, table: Any) -> Any:
+    """The format warm-up's rows: for a synthetic attending run the clinic's own warm-up cases
+    (:func:`iter_attending_warmup_rows`: reading learned, not the training rows by heart), else
+    the training rows."""
+    if opts.synthetic and opts.role == "attending":
+        return write_rows(iter_attending_warmup_rows(opts.seed or 0))
+    return table
 
 
 def split_eval(table: Any, fraction: float, seed: int) -> tuple[Any, Any]:

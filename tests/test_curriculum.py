@@ -13,8 +13,10 @@ from graph.prompts import attending_messages, triage_messages
 from graph.protocol import ChatRequest
 from rl.curriculum import CurriculumError, order_rows, ordered_dataset, split_by_difficulty, stage_spans
 from rl.datasets import (
+    ATTENDING_WARMUP_CASES,
     DatasetError,
     case_images,
+    iter_attending_warmup_rows,
     known_case,
     row_images,
     rows_from_export,
@@ -274,6 +276,30 @@ def test_attending_warmup_names_both_readings_and_answers_either_at_even_odds():
         parse_think_answer(w["completion"][0]["content"]).think
         for w in warmup_completions(alone, "attending", 8)
     } == {r["seen"] for r in alone}
+
+
+def test_a_synthetic_attending_run_warms_up_on_cases_of_its_own():
+    """The warm-up learns to read images and opinions, not the training or held-out cases by heart."""
+    from argparse import Namespace
+
+    from rl.train import warmup_rows
+
+    seed = 3
+    warm = list(iter_attending_warmup_rows(seed, n=150))
+    training = synthetic_attending_rows(150, seed=seed)
+    held_out = synthetic_attending_rows(140, seed=10_000 + seed)
+    images = {r["images"][0] for r in warm}
+    assert len(images) == 150
+    assert not images & {r["images"][0] for r in [*training, *held_out]}
+    assert Counter(r["difficulty"] for r in warm).keys() == {"easy", "medium", "hard"}
+
+    cli = warmup_rows(Namespace(synthetic=150, role="attending", seed=seed), training)
+    assert len(cli) == ATTENDING_WARMUP_CASES and cli[0]["images"] == warm[0]["images"]
+    for source in (
+        Namespace(synthetic=0, role="attending", seed=seed),
+        Namespace(synthetic=150, role="triage"),
+    ):
+        assert warmup_rows(source, training) is training  # logged trajectories, or triage: its rows
 
 
 def _opinion_lines(row: dict) -> list[str]:
