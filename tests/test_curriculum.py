@@ -280,10 +280,6 @@ def test_attending_warmup_names_both_readings_and_answers_either_at_even_odds():
 
 def test_a_synthetic_attending_run_warms_up_on_cases_of_its_own():
     """The warm-up learns to read images and opinions, not the training or held-out cases by heart."""
-    from argparse import Namespace
-
-    from rl.train import warmup_rows
-
     seed = 3
     warm = list(iter_attending_warmup_rows(seed, n=150))
     training = synthetic_attending_rows(150, seed=seed)
@@ -293,8 +289,19 @@ def test_a_synthetic_attending_run_warms_up_on_cases_of_its_own():
     assert not images & {r["images"][0] for r in [*training, *held_out]}
     assert Counter(r["difficulty"] for r in warm).keys() == {"easy", "medium", "hard"}
 
+
+@pytest.mark.slow  # draws the whole pool of 2,400 cases
+def test_the_cli_warms_a_synthetic_attending_run_up_on_the_pool():
+    """``mmedagent train --synthetic N --role attending`` warms up on the pool; other runs on their rows."""
+    from argparse import Namespace
+
+    from rl.train import warmup_rows
+
+    seed = 3
+    training = synthetic_attending_rows(150, seed=seed)
     cli = warmup_rows(Namespace(synthetic=150, role="attending", seed=seed), training)
-    assert len(cli) == ATTENDING_WARMUP_CASES and cli[0]["images"] == warm[0]["images"]
+    first = next(iter_attending_warmup_rows(seed, n=1))
+    assert len(cli) == ATTENDING_WARMUP_CASES and cli[0]["images"] == first["images"]
     for source in (
         Namespace(synthetic=0, role="attending", seed=seed),
         Namespace(synthetic=150, role="triage"),
