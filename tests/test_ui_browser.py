@@ -463,3 +463,58 @@ def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, 
         gated.gate.set()
         runtime.close()
     assert len(runtime.store.list_runs()) == 2
+
+
+def test_a_verdict_click_still_in_flight_when_the_rows_re_render_is_recorded(page, tiny_backend, tmp_path):
+    """✓ on answer 2, then ✓ on answer 1 at once: the second verdict re-renders the rows first.
+
+    The network holds the first click until that re-render is on screen. Each render replaces the
+    rows' handlers; the click must still reach its own (it was once lost, with nothing shown).
+    """
+    settings = Settings(
+        home=tmp_path / "home",
+        model="tiny",
+        triage=RoleSpec(max_new_tokens=8),
+        specialist=RoleSpec(max_new_tokens=8),
+        attending=RoleSpec(max_new_tokens=8),
+    )
+    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, tiny_backend))
+    image = tmp_path / "case.png"
+    image.write_bytes(make_case(1).images[0])
+    held: list = []
+    hold = False
+
+    def hold_one(route) -> None:
+        if hold and not held:
+            held.append(route)
+        else:
+            route.continue_()
+
+    try:
+        with serving(runtime) as url:
+            clinician = page.context.browser.new_page()
+            clinician.set_default_timeout(STEP_TIMEOUT_MS)
+            clinician.goto(url)
+            clinician.wait_for_selector("#case-input textarea")
+            for n in (1, 2):
+                send(clinician, f"Question {n}?", [image] if n == 1 else [])
+                expect(clinician.locator(f"#verdict-{n} .verdict-correct")).to_be_enabled()
+            clinician.route("**/queue/join*", hold_one)
+            hold = True
+            clinician.locator("#verdict-2 .verdict-correct").click()
+            for _ in range(200):  # the page's events (the route among them) run while it waits
+                if held:
+                    break
+                clinician.wait_for_timeout(50)
+            assert len(held) == 1
+            clinician.locator("#verdict-1 .verdict-correct").click()
+            expect(clinician.locator("#verdict-1")).to_contain_text("marked correct")  # re-rendered
+            held[0].continue_()
+            expect(clinician.locator("#verdict-2")).to_contain_text("marked correct")
+            clinician.close()
+        run_ids = [r.id for r in runtime.store.list_runs()]
+        verdicts = runtime.store.latest_verdicts(run_ids)
+        assert {run_id: verdicts[run_id].value for run_id in run_ids} == dict.fromkeys(run_ids, 1.0)
+        assert len(run_ids) == 2
+    finally:
+        runtime.close()

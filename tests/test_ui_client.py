@@ -257,9 +257,10 @@ def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_cas
         assert "not part of the case" in note
         assert store.latest_verdicts([first.run_id, other.run_id]) == {}
         session.running = False
-        answers, note = controller.verdict(first.run_id, False, "C", session)
+        rows, note = controller.verdict(first.run_id, False, "C", session)
         assert "Recorded **wrong** (right answer: C)" in note
-        (answer,) = answers
+        assert rows["busy"] is False and rows["answers"] == session.answers
+        (answer,) = rows["answers"]
         assert (answer["run_id"], answer["verdict"], answer["right_answer"]) == (first.run_id, False, "C")
     finally:
         runtime.close()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 RAW_EXCERPT_CHARS = 600  # of a completion shown when nothing could be parsed from it
 Message = dict[str, Any]
-CASE_OUTPUTS = 12  # what a handler that (re)opens a case returns: see ChatController._outputs
+CASE_OUTPUTS = 11  # what a handler that (re)opens a case returns: see ChatController._outputs
 
 # Keeps the page's address on the open case (a reload reopens it) and remembers recent cases.
 CASE_URL_JS = """
@@ -68,6 +68,8 @@ class ChatSession:
     history: list[Message] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     running: bool = False
+    # The answers' verdict rows as last shown: kept (locked) while a question runs.
+    answers: list[dict[str, Any]] = field(default_factory=list)
     # Window/level renderings of DICOM uploads for the viewer (memory only), by image sha.
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -243,6 +245,15 @@ def case_status(session: ChatSession) -> str:
     )
 
 
+def verdict_rows(answers: list[dict[str, Any]], *, busy: bool) -> dict[str, Any]:
+    """What the verdict rows show: the case's answers, and whether their buttons are locked.
+
+    One state, not two: a handler that changed both would render the rows twice, and each render
+    replaces the last one's buttons while a click on them may be on its way.
+    """
+    return {"answers": answers, "busy": busy}
+
+
 class ChatController:
     """The chat tab's event handlers, bound to one runtime."""
 
@@ -368,18 +379,18 @@ class ChatController:
     def _outputs(
         self, session: ChatSession, *, clear_options: bool = False, busy: bool = False
     ) -> tuple[Any, ...]:
-        """chatbot, input box, session, status line, options, answers, busy, case id, viewer (3)."""
+        """chatbot, input box, session, status line, options, verdict rows, case id, viewer (3)."""
         box = gr.MultimodalTextbox(value=None, interactive=not busy)
         options = "" if clear_options else gr.skip()
-        answers = gr.skip() if busy else self.answers(session)
+        if not busy:
+            session.answers = self.answers(session)
         return (
             list(session.history),
             box,
             session,
             case_status(session),
             options,
-            answers,
-            busy,
+            verdict_rows(session.answers, busy=busy),
             session.thread_id or "",
             *(show(session.images, session.windows) if not busy or clear_options else (gr.skip(),) * 3),
         )
@@ -433,7 +444,8 @@ class ChatController:
         )
         verdict = "correct" if correct else "wrong"
         note = f"Recorded **{verdict}**{extra} for answer {n} (run `{run_id}`). Thank you."
-        return self.answers(session), note
+        session.answers = self.answers(session)
+        return verdict_rows(session.answers, busy=False), note
 
     # --- cases --------------------------------------------------------------------------------
 
@@ -522,8 +534,12 @@ class ChatTab:
 def _verdict_row(
     controller: ChatController, item: dict[str, Any], busy: bool, session: gr.State, outputs
 ) -> None:
-    """One answer's verdict controls: ✓ Correct, ✗ Wrong with an optional right answer, copy."""
-    n = item["n"]
+    """One answer's verdict controls: ✓ Correct, ✗ Wrong with an optional right answer, copy.
+
+    Keyed by the run, so a re-render keeps the row's handlers: a click sent just before the rows
+    re-render still reaches its handler instead of one the render has removed.
+    """
+    n, run_id = item["n"], item["run_id"]
     if item["verdict"] is None:
         current = "no verdict yet"
     else:
@@ -542,6 +558,7 @@ def _verdict_row(
             min_width=100,
             interactive=not busy,
             elem_classes=["verdict-correct"],
+            key=f"correct-{run_id}",
         )
         bad = gr.Button(
             "✗ Wrong",
@@ -551,6 +568,7 @@ def _verdict_row(
             variant="stop",
             interactive=not busy,
             elem_classes=["verdict-wrong"],
+            key=f"wrong-{run_id}",
         )
         right = gr.Textbox(
             show_label=False,
@@ -559,20 +577,36 @@ def _verdict_row(
             interactive=not busy,
             elem_classes=["verdict-answer"],
             scale=2,
+            key=f"right-{run_id}",
         )
-        copy = gr.Button("Copy answer", size="sm", scale=0, min_width=110, elem_classes=["copy-answer"])
+        copy = gr.Button(
+            "Copy answer",
+            size="sm",
+            scale=0,
+            min_width=110,
+            elem_classes=["copy-answer"],
+            key=f"copy-{run_id}",
+        )
     private = {"api_visibility": "private"}
-    ok.click(lambda s: controller.verdict(item["run_id"], True, None, s), session, outputs, **private)
-    bad.click(partial(controller.verdict, item["run_id"], False), [right, session], outputs, **private)
-    copy.click(None, None, None, js=f"() => navigator.clipboard.writeText({json.dumps(item['answer'])})")
+    ok.click(
+        partial(controller.verdict, run_id, True, None), session, outputs, key=f"correct-{run_id}", **private
+    )
+    bad.click(
+        partial(controller.verdict, run_id, False),
+        [right, session],
+        outputs,
+        key=f"wrong-{run_id}",
+        **private,
+    )
+    answer = json.dumps(item["answer"])
+    copy.click(None, None, None, js=f"() => navigator.clipboard.writeText({answer})", key=f"copy-{run_id}")
 
 
 def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
     """Render the chat tab's components inside the current ``gr.Tab``."""
     controller = ChatController(runtime, ui)
     session = gr.State(ChatSession())
-    answers = gr.State([])
-    busy = gr.State(False)
+    verdicts = gr.State(verdict_rows([], busy=False))
     with gr.Row(elem_id="chat-layout"):
         with gr.Column(scale=3, min_width=300):
             chatbot = gr.Chatbot(
@@ -603,14 +637,14 @@ def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
             viewer = build_viewer()
     gr.Markdown("#### Verdicts on the answers (the latest verdict on an answer counts)")
     note = gr.Markdown(elem_id="fb-status")
-    verdict_outputs = [answers, note]
+    verdict_outputs = [verdicts, note]
 
-    @gr.render(inputs=[answers, busy])
-    def _verdicts(items: list[dict[str, Any]], is_busy: bool) -> None:
-        if not items:
+    @gr.render(inputs=verdicts)
+    def _verdicts(rows: dict[str, Any]) -> None:
+        if not rows["answers"]:
             gr.Markdown("_No answers yet._", elem_id="verdicts-empty")
-        for item in items:
-            _verdict_row(controller, item, is_busy, session, verdict_outputs)
+        for item in rows["answers"]:
+            _verdict_row(controller, item, rows["busy"], session, verdict_outputs)
 
     with gr.Row():
         open_trace = gr.Button("Open in Traces", elem_id="open-trace", size="md", scale=0, min_width=140)
@@ -619,7 +653,7 @@ def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
     case_id = gr.Textbox(visible="hidden", elem_id="case-id")
     recent_json = gr.Textbox(visible="hidden", elem_id="recent-json")
 
-    outputs = [chatbot, box, session, status, options, answers, busy, case_id, *viewer.outputs]
+    outputs = [chatbot, box, session, status, options, verdicts, case_id, *viewer.outputs]
     box.submit(
         controller.respond,
         [box, options, session],
