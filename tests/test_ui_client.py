@@ -22,7 +22,7 @@ from data.synthetic import make_case
 from tests.scripted import ScriptedBackend
 from tests.test_images import dicom_bytes
 from tests.trajectories import make_runs, scripted_panel
-from tests.ui_server import serving
+from tests.ui_server import free_port, serving
 
 FAST = {
     "triage": RoleSpec(max_new_tokens=12),
@@ -242,14 +242,14 @@ def test_a_waiting_user_sees_their_question_image_and_place_in_line(make_runtime
     assert len(runtime.store.list_runs()) == 2
 
 
-def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_case(settings, store):
+def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_case(settings, store, tmp_path):
     """Behind the locked buttons: the verdict handler itself checks the session."""
     from ui.chat import ChatController, ChatSession
 
     first, other = make_runs(settings, store, [2, 1])
     runtime = Runtime(settings, backends=scripted_panel({}), store=store)
     try:
-        controller = ChatController(runtime, settings.ui)
+        controller = ChatController(runtime, settings.ui, tmp_path / "previews")
         session = ChatSession(thread_id=first.thread_id, run_ids=[first.run_id], running=True)
         _, note = controller.verdict(first.run_id, False, "C", session)
         assert "being answered" in note
@@ -264,3 +264,32 @@ def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_cas
         assert (answer["run_id"], answer["verdict"], answer["right_answer"]) == (first.run_id, False, "C")
     finally:
         runtime.close()
+
+
+def test_the_files_the_app_serves_are_removed_when_it_shuts_down(runtime, tmp_path):
+    """Image previews, run downloads and exports hold patient data: gone with the server, and
+    so are the copies Gradio served from its cache."""
+    from gradio.utils import get_upload_folder
+
+    from ui.app import build_app, launch
+
+    demo = build_app(runtime)
+    folder = Path(demo.served_files.name)
+    image = tmp_path / "case.png"  # unseeded pixels: no file of another test or run matches its preview
+    Image.fromarray(np.random.default_rng().integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
+    url = launch(demo, runtime.settings, host="127.0.0.1", port=free_port(), block=False, quiet=True)
+    try:
+        client = Client(url, verbose=False, download_files=False)  # a browser keeps no copy either
+        ask(client, "What is shown?", [image]).result()
+        (run,) = runtime.store.list_runs()
+        client.predict(run.id, api_name="/open_run")
+        client.predict("attending", "jsonl", "ok", "", [], False, api_name="/export")
+        written = [p for p in folder.rglob("*") if p.is_file()]
+        assert {p.relative_to(folder).parts[0] for p in written} == {"previews", "runs", "exports"}
+        (preview,) = [p.read_bytes() for p in written if p.parent.name == "previews"]
+        cache = Path(get_upload_folder())
+        assert any(p.read_bytes() == preview for p in cache.rglob("*.png"))  # Gradio served a copy
+    finally:
+        demo.close()
+    assert not folder.exists()
+    assert not any(p.read_bytes() == preview for p in cache.rglob("*.png"))

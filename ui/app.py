@@ -7,6 +7,11 @@ unless a login is configured, uploads capped at ``max_image_bytes``, errors with
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -37,7 +42,14 @@ CSS = """
 
 
 def build_app(runtime: Runtime) -> gr.Blocks:
-    """The whole app on one runtime (its store, backends and graph); one session per browser tab."""
+    """The whole app on one runtime (its store, backends and graph); one session per browser tab.
+
+    What the app writes to serve (image previews, run downloads, exports: patient data) goes to
+    one folder of its own, ``demo.served_files``: ``launch`` removes it when the server shuts down,
+    and it goes at the latest when the process exits.
+    """
+    files = tempfile.TemporaryDirectory(prefix="mmedagent-ui-", ignore_cleanup_errors=True)
+    folder = Path(files.name)
     # Uploads leave Gradio's cache as soon as the chat has read them (ui/uploads.py), or on New case;
     # delete_cache drops, every 10 minutes, files older than an hour: uploads attached but never
     # sent, and served previews and exports (a reopened case serves its images again).
@@ -46,11 +58,11 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Tabs() as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
-                chat = build_chat_tab(runtime, runtime.settings.ui)
+                chat = build_chat_tab(runtime, runtime.settings.ui, folder / "previews")
             with gr.Tab("Traces", id="traces", elem_id="tab-traces") as traces_tab:
-                traces = build_traces_tab(runtime.store)
+                traces = build_traces_tab(runtime.store, folder / "runs")
             with gr.Tab("Trajectories", id="trajectories", elem_id="tab-trajectories") as traj_tab:
-                trajectories = build_trajectories_tab(runtime.store)
+                trajectories = build_trajectories_tab(runtime.store, folder / "exports")
         private = {"api_visibility": "private"}
         traces_tab.select(traces.search, traces.search_inputs, traces.search_outputs, **private)
         traj_tab.select(trajectories.refresh, None, trajectories.refresh_outputs, **private)
@@ -72,7 +84,22 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         ).then(traces.open_run, traces.run_id, traces.open_outputs, **private).then(
             traces.search, traces.search_inputs, traces.search_outputs, **private
         )
+    demo.served_files = files
     return demo
+
+
+def remove_on_shutdown(folder: Path) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+    """A server lifespan that removes ``folder`` when the server shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed the app's served files (%s)", folder)
+
+    return lifespan
 
 
 def login(settings: Settings) -> tuple[str, str] | None:
@@ -110,6 +137,9 @@ def launch(
         prevent_thread_lock=not block,
         quiet=quiet,
         css=CSS,
-        app_kwargs={"middleware": [Middleware(RefusedFilesAreNotFound)]},
+        app_kwargs={
+            "middleware": [Middleware(RefusedFilesAreNotFound)],
+            "lifespan": remove_on_shutdown(Path(demo.served_files.name)),
+        },
     )
     return demo.local_url or f"http://{host}:{port}/"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -257,12 +256,13 @@ def verdict_rows(answers: list[dict[str, Any]], *, busy: bool) -> dict[str, Any]
 class ChatController:
     """The chat tab's event handlers, bound to one runtime."""
 
-    def __init__(self, runtime: Runtime, ui: UISettings):
+    def __init__(self, runtime: Runtime, ui: UISettings, previews: Path):
         self.runtime = runtime
         self.ui = ui
         self.queue = CaseQueue(ui.concurrency)
         # Previews of uploads as normalised PNGs (DICOM has no browser preview); paths never shown.
-        self._previews = Path(tempfile.mkdtemp(prefix="mmedagent-ui-"))
+        self._previews = previews
+        previews.mkdir(parents=True, exist_ok=True)
 
     # --- images -------------------------------------------------------------------------------
 
@@ -602,9 +602,9 @@ def _verdict_row(
     copy.click(None, None, None, js=f"() => navigator.clipboard.writeText({answer})", key=f"copy-{run_id}")
 
 
-def build_chat_tab(runtime: Runtime, ui: UISettings) -> ChatTab:
-    """Render the chat tab's components inside the current ``gr.Tab``."""
-    controller = ChatController(runtime, ui)
+def build_chat_tab(runtime: Runtime, ui: UISettings, previews: Path) -> ChatTab:
+    """Render the chat tab's components inside the current ``gr.Tab``; image previews go to ``previews``."""
+    controller = ChatController(runtime, ui, previews)
     session = gr.State(ChatSession())
     verdicts = gr.State(verdict_rows([], busy=False))
     with gr.Row(elem_id="chat-layout"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -191,9 +190,9 @@ class TracesTab:
     search_outputs: list[Any]
 
 
-def build_traces_tab(store: TrajectoryStore) -> TracesTab:
-    """Render the traces tab's components inside the current ``gr.Tab``."""
-    downloads = Path(tempfile.mkdtemp(prefix="mmedagent-runs-"))
+def build_traces_tab(store: TrajectoryStore, downloads: Path) -> TracesTab:
+    """Render the traces tab's components inside the current ``gr.Tab``; run downloads go to ``downloads``."""
+    downloads.mkdir(parents=True, exist_ok=True)
     with gr.Row(elem_id="traces-filters"):
         status = gr.Dropdown([ANY, "ok", "error"], value=ANY, label="Status", scale=1)
         policy = gr.Dropdown([("any", ANY)], value=ANY, label="Policy version", scale=2)

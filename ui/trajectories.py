@@ -98,8 +98,8 @@ class TrajectoriesTab:
     refresh_outputs: list[Any]
 
 
-def build_trajectories_tab(store: TrajectoryStore) -> TrajectoriesTab:
-    """Render the trajectories tab's components inside the current ``gr.Tab``."""
+def build_trajectories_tab(store: TrajectoryStore, workdir: Path) -> TrajectoriesTab:
+    """Render the trajectories tab's components inside the current ``gr.Tab``; exports go to ``workdir``."""
     summary = gr.Markdown(elem_id="traj-summary")
     with gr.Row():
         counts = gr.Dataframe(
@@ -135,7 +135,7 @@ def build_trajectories_tab(store: TrajectoryStore) -> TrajectoriesTab:
         run_export = gr.Button("Export", variant="primary", elem_id="export-run", scale=0)
     export_note = gr.Markdown(elem_id="export-status")
     download = gr.File(label="Exported dataset", interactive=False, elem_id="export-file")
-    workdir = Path(tempfile.mkdtemp(prefix="mmedagent-exports-"))
+    workdir.mkdir(parents=True, exist_ok=True)
 
     def refresh() -> tuple[Any, ...]:
         return overview(store), counts_table(store), reward_frame(store)
