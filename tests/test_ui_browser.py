@@ -55,16 +55,23 @@ class _GatedBackend:
         return self._backend.generate(requests)
 
 
-@pytest.fixture(scope="module")
-def app_runtime(tmp_path_factory, tiny_model_dir, tiny_backend):
+def short_runtime(home: Path, backend, *, model: str = "tiny", **settings) -> Runtime:
+    """A runtime whose every role is ``backend``, with short completions (24 / 24 / 32 tokens)."""
     settings = Settings(
-        home=tmp_path_factory.mktemp("ui-browser") / "home",
-        model=str(tiny_model_dir),
+        home=home,
+        model=model,
         triage=RoleSpec(max_new_tokens=24),
         specialist=RoleSpec(max_new_tokens=24),
         attending=RoleSpec(max_new_tokens=32),
+        **settings,
     )
-    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, _GatedBackend(tiny_backend)))
+    return Runtime(settings, backends=dict.fromkeys(ROLES, backend))
+
+
+@pytest.fixture(scope="module")
+def app_runtime(tmp_path_factory, tiny_model_dir, tiny_backend):
+    home = tmp_path_factory.mktemp("ui-browser") / "home"
+    runtime = short_runtime(home, _GatedBackend(tiny_backend), model=str(tiny_model_dir))
     yield runtime
     runtime.close()
 
@@ -425,15 +432,7 @@ def test_each_tab_at_400_px_wide(page, asked, tab):
 def test_a_waiting_user_sees_their_question_image_and_place(page, tiny_backend, tmp_path):
     """Two clinicians, one case slot: the second sees their own question, image and place in line."""
     gated = _GatedBackend(tiny_backend, open_=False)
-    settings = Settings(
-        home=tmp_path / "home",
-        model="tiny",
-        ui=UISettings(concurrency=1),
-        triage=RoleSpec(max_new_tokens=24),
-        specialist=RoleSpec(max_new_tokens=24),
-        attending=RoleSpec(max_new_tokens=32),
-    )
-    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, gated))
+    runtime = short_runtime(tmp_path / "home", gated, ui=UISettings(concurrency=1))
     images = []
     for i in (0, 3):
         images.append(tmp_path / f"case{i}.png")
@@ -471,14 +470,7 @@ def test_a_verdict_click_still_in_flight_when_the_rows_re_render_is_recorded(pag
     The network holds the first click until that re-render is on screen. Each render replaces the
     rows' handlers; the click must still reach its own (it was once lost, with nothing shown).
     """
-    settings = Settings(
-        home=tmp_path / "home",
-        model="tiny",
-        triage=RoleSpec(max_new_tokens=8),
-        specialist=RoleSpec(max_new_tokens=8),
-        attending=RoleSpec(max_new_tokens=8),
-    )
-    runtime = Runtime(settings, backends=dict.fromkeys(ROLES, tiny_backend))
+    runtime = short_runtime(tmp_path / "home", tiny_backend)
     image = tmp_path / "case.png"
     image.write_bytes(make_case(1).images[0])
     held: list = []

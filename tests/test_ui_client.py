@@ -259,7 +259,7 @@ def test_the_server_refuses_a_verdict_while_the_case_runs_and_one_on_another_cas
         session.running = False
         rows, note = controller.verdict(first.run_id, False, "C", session)
         assert "Recorded **wrong** (right answer: C)" in note
-        assert rows["busy"] is False and rows["answers"] == session.answers
+        assert rows["busy"] is False and rows["answers"] == controller.answers(session)
         (answer,) = rows["answers"]
         assert (answer["run_id"], answer["verdict"], answer["right_answer"]) == (first.run_id, False, "C")
     finally:

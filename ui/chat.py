@@ -67,8 +67,6 @@ class ChatSession:
     history: list[Message] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     running: bool = False
-    # The answers' verdict rows as last shown: kept (locked) while a question runs.
-    answers: list[dict[str, Any]] = field(default_factory=list)
     # Window/level renderings of DICOM uploads for the viewer (memory only), by image sha.
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -382,17 +380,17 @@ class ChatController:
         """chatbot, input box, session, status line, options, verdict rows, case id, viewer (3)."""
         box = gr.MultimodalTextbox(value=None, interactive=not busy)
         options = "" if clear_options else gr.skip()
-        if not busy:
-            session.answers = self.answers(session)
+        # Rows and viewer change when a question starts (rows locked) or ends, not on each step.
+        changed = not busy or clear_options
         return (
             list(session.history),
             box,
             session,
             case_status(session),
             options,
-            verdict_rows(session.answers, busy=busy),
+            verdict_rows(self.answers(session), busy=busy) if changed else gr.skip(),
             session.thread_id or "",
-            *(show(session.images, session.windows) if not busy or clear_options else (gr.skip(),) * 3),
+            *(show(session.images, session.windows) if changed else (gr.skip(),) * 3),
         )
 
     # --- verdicts -----------------------------------------------------------------------------
@@ -444,8 +442,7 @@ class ChatController:
         )
         verdict = "correct" if correct else "wrong"
         note = f"Recorded **{verdict}**{extra} for answer {n} (run `{run_id}`). Thank you."
-        session.answers = self.answers(session)
-        return verdict_rows(session.answers, busy=False), note
+        return verdict_rows(self.answers(session), busy=False), note
 
     # --- cases --------------------------------------------------------------------------------
 
@@ -531,6 +528,20 @@ class ChatTab:
     recent_choices: Any
 
 
+def _verdict_button(label: str, kind: str, run_id: str, busy: bool, **style: Any) -> gr.Button:
+    """✓ Correct or ✗ Wrong for one run; its key names its listener too (see :func:`_verdict_row`)."""
+    return gr.Button(
+        label,
+        size="sm",
+        scale=0,
+        min_width=100,
+        interactive=not busy,
+        elem_classes=[f"verdict-{kind}"],
+        key=f"{kind}-{run_id}",
+        **style,
+    )
+
+
 def _verdict_row(
     controller: ChatController, item: dict[str, Any], busy: bool, session: gr.State, outputs
 ) -> None:
@@ -551,25 +562,8 @@ def _verdict_row(
             f"**Answer {n}:** {item['answer'] or '—'}  \n<sub>{item['credit']} · {current}</sub>",
             elem_classes=["verdict-text"],
         )
-        ok = gr.Button(
-            "✓ Correct",
-            size="sm",
-            scale=0,
-            min_width=100,
-            interactive=not busy,
-            elem_classes=["verdict-correct"],
-            key=f"correct-{run_id}",
-        )
-        bad = gr.Button(
-            "✗ Wrong",
-            size="sm",
-            scale=0,
-            min_width=100,
-            variant="stop",
-            interactive=not busy,
-            elem_classes=["verdict-wrong"],
-            key=f"wrong-{run_id}",
-        )
+        ok = _verdict_button("✓ Correct", "correct", run_id, busy)
+        bad = _verdict_button("✗ Wrong", "wrong", run_id, busy, variant="stop")
         right = gr.Textbox(
             show_label=False,
             container=False,
@@ -588,16 +582,8 @@ def _verdict_row(
             key=f"copy-{run_id}",
         )
     private = {"api_visibility": "private"}
-    ok.click(
-        partial(controller.verdict, run_id, True, None), session, outputs, key=f"correct-{run_id}", **private
-    )
-    bad.click(
-        partial(controller.verdict, run_id, False),
-        [right, session],
-        outputs,
-        key=f"wrong-{run_id}",
-        **private,
-    )
+    ok.click(partial(controller.verdict, run_id, True, None), session, outputs, key=ok.key, **private)
+    bad.click(partial(controller.verdict, run_id, False), [right, session], outputs, key=bad.key, **private)
     answer = json.dumps(item["answer"])
     copy.click(None, None, None, js=f"() => navigator.clipboard.writeText({answer})", key=f"copy-{run_id}")
 
