@@ -121,9 +121,8 @@ class GRPORecipe(GRPOConfig):
     # correction, which changes its gradient even on-policy); False keeps the paper's term.
     use_bias_correction_kl: bool = False
     seed: int = 0
-    # transformers' deprecated alias of activation_checkpointing (TRL defaults it on): unset, so
-    # checkpointing is off unless a recipe turns activation_checkpointing on
-    gradient_checkpointing: bool | None = None
+    # TRL defaults it on; off unless a recipe turns it on (the 7B recipe does)
+    gradient_checkpointing: bool = False
     eval_steps: float | None = 0  # the held-out scoring's period (EvalAccuracy), not transformers' eval loop
     save_steps: float = 0  # 0: no intermediate checkpoints
     bf16: bool | None = None  # None: on a GPU that has bf16 (TRL: whenever fp16 is off, CPU included)

@@ -157,8 +157,7 @@ def train_sft(recipe: SFTRecipe, sft_rows: Sequence[Row], output_dir: str | Path
         logging_steps=max(1, recipe.steps // 10),
         save_strategy="no",
         disable_tqdm=not recipe.progress_bar,
-        # TRL's default, under transformers' name (left unset, the deprecated alias warns)
-        activation_checkpointing=True,
+        gradient_checkpointing=True,  # TRL's default
     )
     model = AutoModelForImageTextToText.from_pretrained(recipe.model, dtype=torch.float32 if cpu else "auto")
     processor = AutoProcessor.from_pretrained(recipe.model)

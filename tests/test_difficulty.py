@@ -43,11 +43,13 @@ def test_reward_rows_match_the_reward_functions(settings, store):
 def test_specialist_correctness_and_difficulty_levels(settings, store):
     easy, medium, hard, two, unlabelled = make_runs(settings, store, [3, 1, 0, 2, None])
     correctness = store.specialist_correctness(medium.run_id)
-    assert [(specialty, right) for _, specialty, right in correctness] == [
-        (PANEL[0], True),
-        (PANEL[1], False),
-        (PANEL[2], False),
-    ]
+    # steps are stored in the order they finished: the fan-out's order varies with the machine's load
+    assert {specialty: right for _, specialty, right in correctness} == {
+        PANEL[0]: True,
+        PANEL[1]: False,
+        PANEL[2]: False,
+    }
+    assert [step_id for step_id, _, _ in correctness] == sorted(step_id for step_id, _, _ in correctness)
     assert {step_id for step_id, _, _ in correctness} == {
         st.id for st in store.get_run(medium.run_id).steps if st.role == "specialist"
     }

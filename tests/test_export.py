@@ -269,7 +269,7 @@ def test_export_feeds_grpo_trainer_without_conversion(runs, sqlite_store, tiny_m
         shuffle_dataset=False,
         logging_steps=1,
         save_strategy="no",
-        activation_checkpointing=False,
+        gradient_checkpointing=False,
     )
     trainer = GRPOTrainer(
         model=str(tiny_model_dir), reward_funcs=REWARD_FUNCS["attending"], args=args, train_dataset=dataset

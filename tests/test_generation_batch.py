@@ -46,7 +46,6 @@ def test_generation_batch_matches_trl_on_this_process(tmp_path):
         args = GRPOConfig(
             output_dir=str(tmp_path), per_device_train_batch_size=16, gradient_accumulation_steps=2,
             num_generations=8, steps_per_generation=spg, use_cpu=True, report_to="none",
-            gradient_checkpointing=None,  # TRL's default sets transformers' deprecated alias
         )  # fmt: skip
         gen = generation_batch(
             processes=args.world_size, per_device_train_batch_size=16, gradient_accumulation_steps=2,

@@ -10,7 +10,6 @@ import logging
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,8 @@ from app.runtime import CaseRequest
 from data.synthetic import make_case
 from graph.context import GraphMode
 
-PHOENIX = Path(sys.executable).with_name("phoenix")
+# Phoenix has a lock and environment of its own (tools/phoenix), set up by scripts/test.
+PHOENIX = Path(__file__).resolve().parents[1] / ".venv-phoenix" / "bin" / "phoenix"
 PROJECT = "mmedagent"
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _get(url: str) -> dict:
 def phoenix(tmp_path_factory):
     """A Phoenix server on loopback ports, with its own working directory, telemetry off."""
     if not PHOENIX.exists():
-        pytest.skip("arize-phoenix is not installed (the dev extra installs it)")
+        pytest.skip("arize-phoenix is not installed (scripts/test installs it into .venv-phoenix)")
     port = _free_port()
     env = {
         **os.environ,
