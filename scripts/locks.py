@@ -24,7 +24,8 @@ def normalise(name: str) -> str:
 def direct_dependencies() -> set[str]:
     """Names of the project's dependencies, every extra included, the vLLM engine left out."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = [*project["dependencies"], *(s for extra in project["optional-dependencies"].values() for s in extra)]
+    extras = project["optional-dependencies"].values()
+    specs = [*project["dependencies"], *(spec for extra in extras for spec in extra)]
     names = {normalise(re.match(r"[A-Za-z0-9_.\-]+", s).group()) for s in specs}
     return names - {"mmedagent-rl", *ENGINE.values()}
 

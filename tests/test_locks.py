@@ -42,5 +42,8 @@ def test_the_cuda_lock_pins_every_direct_dependency_at_uv_locks_version():
 
 
 def test_direct_pins_are_read_from_requirement_lines():
-    text = "torch==2.13.0 \\\n    --hash=sha256:ab\nPyYAML==6.0.4 ; sys_platform == 'linux'\nfsspec[http]==2026.1\n-e .\n"
+    text = (
+        "torch==2.13.0 \\\n    --hash=sha256:ab\n"
+        "PyYAML==6.0.4 ; sys_platform == 'linux'\nfsspec[http]==2026.1\n-e .\n"
+    )
     assert requirement_pins(text) == {"torch": "2.13.0", "pyyaml": "6.0.4", "fsspec": "2026.1"}
