@@ -83,6 +83,33 @@ class TracingSettings(BaseModel):
     max_queue: int = Field(4096, ge=16, description="spans waiting for export; more are dropped")
 
 
+class VLLMSettings(BaseModel):
+    """Engine options of the vllm backend (``vllm.LLM``; app/backends/vllm.py). Unset: vLLM's default.
+
+    ``max_model_len`` defaults to 4096 tokens (prompt + completion; a case's attending prompt with 8
+    images stays well under it) rather than the checkpoint's 32k, whose KV cache a small GPU or the
+    CPU cannot hold. Images per prompt come from ``ui.max_images``.
+    """
+
+    max_model_len: int = Field(4096, ge=256, description="tokens per sequence (prompt + completion)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU (as the transformers backend), the checkpoint's on GPU"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs per engine (CUDA only)")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="share of GPU memory for weights + KV cache (CUDA only)"
+    )
+    kv_cache_space_gb: float | None = Field(
+        None, gt=0, description="KV cache size in GiB (CPU: replaces VLLM_CPU_KVCACHE_SPACE)"
+    )
+    max_num_seqs: int = Field(256, ge=1, le=4096, description="sequences the engine decodes at once")
+    max_loras: int = Field(2, ge=1, le=64, description="LoRA adapters in one batch")
+    max_lora_rank: int = Field(64, ge=1, le=512)
+    enforce_eager: bool = Field(False, description="no CUDA graphs / torch.compile (faster start)")
+    enable_prefix_caching: bool | None = Field(None, description="reuse the KV of shared prompt prefixes")
+    seed: int = Field(0, description="engine seed (sampled requests without their own seed)")
+
+
 class Settings(BaseSettings):
     """Everything configurable. Defaults run offline on the tiny model and a SQLite file."""
 
@@ -115,6 +142,7 @@ class Settings(BaseSettings):
     max_options: int = 26
     ui: UISettings = UISettings()
     tracing: TracingSettings = TracingSettings()
+    vllm: VLLMSettings = VLLMSettings()
 
     @classmethod
     def settings_customise_sources(

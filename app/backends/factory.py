@@ -51,7 +51,7 @@ def apply_policy_choices(settings: Settings, store: TrajectoryStore) -> tuple[Se
 
 def build_backends(settings: Settings) -> dict[str, ChatBackend]:
     """One backend per role. Local models load once per (model, adapter); vLLM runs one engine per
-    base model with each role's adapter as a LoRA request."""
+    base model (options: ``settings.vllm``) with each role's adapter as a LoRA request."""
     if settings.cpu_threads is not None:
         import torch
 
@@ -113,10 +113,11 @@ def _build_vllm(settings: Settings) -> dict[str, ChatBackend]:
             adapters = any(settings.role(r).adapter for r in roles if settings.model_for(r) == model)
             engines[model] = VLLMEngine(
                 model,
+                settings.vllm,
                 enable_lora=adapters,
+                max_images_per_prompt=settings.ui.max_images,
                 batch_wait_s=settings.batch_wait_ms / 1000,
                 batch_gap_s=settings.batch_gap_ms / 1000,
-                max_batch=settings.max_batch,
             )
         out[role] = engines[model].role_backend(settings.role(role).adapter)
     return out
