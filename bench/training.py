@@ -12,7 +12,13 @@
     (held in memory: the same for every N), copied (bytes included) up to N so that every row
     owns its bytes as rows read from the store do.
 
-    .venv/bin/python bench/training.py [--steps 6] [--rows 5000 50000] [--only a|b]
+(c) One GRPO step generating with TRL's colocated vLLM engine (``use_vllm``; on CPU through
+    rl/vllm_sync.py's weight sync) against transformers' ``generate``: the 14M checkpoint (the
+    smallest vLLM's CPU attention runs), the same LoRA recipe, rows and seed; each run in a process
+    of its own, one thread. The median of TRL's ``step_time`` (generation, weight sync and the
+    update) over the steps after the first is compared (ratio vLLM / transformers).
+
+    .venv/bin/python bench/training.py [--steps 6] [--rows 5000 50000] [--only a|b|c]
 """
 
 from __future__ import annotations
@@ -105,17 +111,25 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rows", type=int, nargs="+", default=[5000, 50000])
-    parser.add_argument("--only", choices=["a", "b"], help="run only part (a) or part (b)")
+    parser.add_argument("--vllm-steps", type=int, default=4, help="steps of each run in part (c)")
+    parser.add_argument("--only", choices=["a", "b", "c"], help="run only part (a), (b) or (c)")
     parser.add_argument("--prepare-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--generation-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prepare_child is not None:
         prepare(args.prepare_child)
         return
+    if args.generation_child is not None:
+        backend, model, steps = args.generation_child
+        generation_child(backend, model, int(steps))
+        return
 
-    if args.only != "b":
+    if args.only in (None, "a"):
         step_ratio(args.steps)
-    if args.only != "a":
+    if args.only in (None, "b"):
         prepare_rss(args.rows)
+    if args.only in (None, "c"):
+        vllm_ratio(args.vllm_steps)
 
 
 def step_ratio(steps: int) -> None:
@@ -152,6 +166,72 @@ def prepare_rss(counts: list[int]) -> None:
     for n in counts:
         peak = _child(n)["peak_rss_mib"]
         print(f"    {n:>6} rows                {peak:8.1f} MiB   (+{peak - base:.1f} MiB over imports)")
+
+
+VLLM_BENCH = {"num_generations": 8, "completions_per_step": 32, "max_completion_length": 64}
+
+
+def generation_child(backend: str, model: str, steps: int) -> None:
+    """Child process: ``steps`` GRPO steps generating with ``backend`` (vllm | transformers); prints
+    TRL's step times."""
+    import logging
+
+    import torch
+
+    from rl.curriculum import order_rows
+    from rl.datasets import synthetic_attending_rows, to_dataset
+    from rl.grpo import CurriculumGRPOTrainer, _peft_config, grpo_config, load_policy_model
+    from rl.grpo_config import GRPORecipe, Stage
+    from rl.rewards import REWARD_FUNCS
+
+    logging.disable(logging.WARNING)
+    torch.set_num_threads(1)
+    stage = Stage("easy", beta=0.04, gamma=0.0)
+    vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 1024}
+    recipe = GRPORecipe(
+        role="attending", model=model, finetune="lora", learning_rate=1e-4, stages=[stage],
+        max_steps=steps, logging_steps=1, progress_bar=False, seed=0, **VLLM_BENCH,
+        **(vllm if backend == "vllm" else {}),
+    )  # fmt: skip
+    rows = [r for r in synthetic_attending_rows(120, seed=0, size=56) if r["difficulty"] == "easy"]
+    ordered, _ = order_rows(rows, [stage], batch=recipe.prompts_per_step, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = CurriculumGRPOTrainer(
+            model=load_policy_model(recipe), reward_funcs=REWARD_FUNCS["attending"],
+            args=grpo_config(recipe, Path(tmp)), train_dataset=to_dataset(ordered),
+            peft_config=_peft_config(recipe), stages=[stage],
+        )  # fmt: skip
+        trainer.train()
+    times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
+    print(json.dumps({"backend": backend, "step_time": times}))
+
+
+def vllm_ratio(steps: int) -> None:
+    """Part (c): a GRPO step generating with vLLM over one generating with transformers."""
+    from app.tiny_model import build_tiny_model
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(build_tiny_model(Path(tmp) / "small", size="small", seed=0))
+        for backend in ("transformers", "vllm"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--generation-child", backend, model, str(steps)],
+                env=env, capture_output=True, text=True,
+            )  # fmt: skip
+            if out.returncode:
+                raise SystemExit(out.stderr[-3000:])
+            times[backend] = json.loads(out.stdout.strip().splitlines()[-1])["step_time"][1:]
+    hf, vl = statistics.median(times["transformers"]), statistics.median(times["vllm"])
+    g, tokens = VLLM_BENCH["num_generations"], VLLM_BENCH["max_completion_length"]
+    prompts = VLLM_BENCH["completions_per_step"] // g
+    print(
+        f"(c) one GRPO step, 14M checkpoint, LoRA, {prompts} prompts x {g}, up to {tokens} new tokens,"
+        f" CPU, one thread; median of {len(times['vllm'])} steps each"
+    )
+    print(f"    transformers generate      {hf * 1000:8.1f} ms")
+    print(f"    vLLM (colocate)            {vl * 1000:8.1f} ms")
+    print(f"    ratio vLLM / transformers  {vl / hf:8.3f}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,10 @@ rl/curriculum.py and rl/batching.py make a single stage on every process.
 
 Rows come in curriculum order with TRL's ``shuffle_dataset=False``; without curriculum they are
 shuffled once by rl/curriculum.py (one ``mixed`` stage), so the trainer never reshuffles.
+
+With ``use_vllm`` (colocate), generation runs on TRL's vLLM engine; rl/vllm_sync.py adds what this
+project needs there: a one-line failure where vLLM cannot run the recipe, vision special tokens
+never sampled, and the weight sync when the engine runs on CPU (TRL's own sync on CUDA).
 """
 
 from __future__ import annotations
@@ -79,11 +83,30 @@ class CurriculumGRPOTrainer(GRPOTrainer):
         self._stage_name: str | None = None
         self._rewards: torch.Tensor | None = None
         self._stage_by_rank: list[str] = []
+        if train_args.use_vllm:
+            from rl.vllm_sync import check_vllm
+
+            model = kwargs.get("model", args[0] if args else None)
+            check_vllm(model if isinstance(model, str) else model.name_or_path, train_args.vllm_mode)
         super().__init__(*args, **kwargs)
+        if self.use_vllm:
+            self._setup_vllm()
         if answer_tokens_only:
             if train_args.top_entropy_quantile < 1.0:
                 raise ValueError("answer_tokens_only replaces top_entropy_quantile: leave it at 1.0")
             self.top_entropy_quantile = 0.0  # routes TRL's token mask through get_high_entropy_mask
+
+    def _setup_vllm(self) -> None:
+        """TRL's vLLM generation, as rl/vllm_sync.py completes it: the vision special tokens biased
+        out of sampling, and the CPU weight sync where the engine runs on CPU."""
+        from rl.vllm_sync import install_cpu_weight_sync, vision_token_bias
+
+        generation = self.vllm_generation
+        kwargs = dict(generation.generation_kwargs)
+        bias = vision_token_bias(self.processing_class)
+        kwargs["logit_bias"] = {**(kwargs.get("logit_bias") or {}), **bias}
+        generation.generation_kwargs = kwargs
+        install_cpu_weight_sync(generation)
 
     def resume_in_stage(self, name: str | None) -> None:
         """A resumed run continues in stage ``name`` (its last trained step's): adaptive entropy then
@@ -346,6 +369,10 @@ def train_grpo(
 
     if not recipe.model:
         raise ValueError("the recipe names no model to start from")
+    if recipe.use_vllm:  # before any row or model is read
+        from rl.vllm_sync import check_vllm
+
+        check_vllm(recipe.model, recipe.vllm_mode)
     out = Path(output_dir)
     args = grpo_config(recipe, out)
     gen = run_generation_batch(args)
