@@ -14,6 +14,11 @@ checkpoints, and prints, per checkpoint:
 
     .venv/bin/python bench/serving.py [--sizes tiny,small] [--threads 1]
 
+With ``--vllm`` it compares instead the vllm backend (in-process ``vllm.LLM``, float32, one engine for
+the three roles) with the transformers backend on the small checkpoint: cases/s through the whole
+graph (Runtime.ask, persistence included) at 1, 8 and 32 cases in flight, and their ratios, measured
+in one run (``--in-flight 1,8,32``; VLLM_CPU_KVCACHE_SPACE sizes vLLM's KV cache on CPU).
+
 Decoding and batching use the default Settings (greedy; 64/128/192 new tokens for triage/specialist/
 attending; batch gap 5 ms, max wait 50 ms). One torch thread by default: on a small machine shared with
 other work, more intra-op threads than free cores slow generation down many times (README "Serving").
@@ -246,6 +251,58 @@ def bench_size(size: str, root: Path, n_seq: int, n_conc: int, workers: int, rep
     }
 
 
+def backend_throughput(settings: Settings, backends: Mapping[str, Any], levels: Sequence[int]) -> list[float]:
+    """Cases/s through ``Runtime.ask`` at each number of cases in flight (2 x that many cases, and 4
+    at 1 in flight), after one warm-up case."""
+    rt = Runtime(settings, backends=backends)
+    try:
+        run_concurrent(rt, case_requests(1, 99, settings), 1)
+        return [
+            (n := max(4, 2 * level)) / run_concurrent(rt, case_requests(n, 3, settings), level)
+            for level in levels
+        ]
+    finally:
+        rt.close()
+
+
+def bench_vllm(root: Path, levels: Sequence[int], threads: int) -> None:
+    """vllm vs transformers backend on the small checkpoint (see the module doc)."""
+    from app.backends.factory import build_backends
+    from app.config import VLLMSettings
+
+    model_dir = build_tiny_model(root / "model-small", size="small")
+    base = Settings(home=root / "home-transformers", model=str(model_dir))
+    local = TransformersBackend(
+        str(model_dir), batch_wait_s=base.batch_wait_ms / 1000, max_batch=base.max_batch
+    )
+    try:
+        local_tp = backend_throughput(base, dict.fromkeys(ROLES, local), levels)
+    finally:
+        local.close()
+    settings = base.model_copy(
+        update={
+            "home": root / "home-vllm",
+            "vllm": VLLMSettings(max_model_len=2048),
+            **{r: base.role(r).model_copy(update={"backend": "vllm"}) for r in ROLES},
+        }
+    )
+    started = time.perf_counter()
+    backends = build_backends(settings)
+    start_s = time.perf_counter() - started
+    try:
+        vllm_tp = backend_throughput(settings, backends, levels)
+    finally:
+        backends["triage"].close()  # one engine: closing one role shuts it down
+    engine = backends["triage"].engine  # type: ignore[attr-defined]
+    print(
+        f"\n== vllm vs transformers backend, small checkpoint ({threads} torch thread(s); "
+        f"vLLM {engine.llm.llm_engine.vllm_config.model_config.dtype}, started in {start_s:.0f} s) =="
+    )
+    print(f"  {'in flight':>9}  {'transformers':>12}  {'vllm':>8}  {'vllm / transformers':>19}")
+    for level, t, v in zip(levels, local_tp, vllm_tp, strict=True):
+        print(f"  {level:>9}  {t:>8.3f} c/s  {v:>4.3f} c/s  {v / t:>18.2f}x")
+
+
 def _verdict(key: str, value: float) -> str:
     op, target = TARGETS[key]
     met = value <= target if op == "<=" else value >= target
@@ -289,8 +346,14 @@ def main() -> None:
     parser.add_argument("--concurrent-cases", type=int, default=16)
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5, help="repetitions of the fan-out comparison")
+    parser.add_argument("--vllm", action="store_true", help="compare the vllm and transformers backends")
+    parser.add_argument("--in-flight", default="1,8,32", help="cases in flight for --vllm")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.vllm:
+        with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+            bench_vllm(Path(tmp), [int(n) for n in args.in_flight.split(",")], args.threads)
+        return
     settings = Settings()
     print(
         f"bench/serving.py: torch {torch.__version__}, {args.threads} CPU thread(s); "

@@ -161,6 +161,7 @@ class VLLMEngine:
             max_batch=options.max_num_seqs,
             name=model,
         )
+        threading.Thread(target=self._watch, name=f"{model}-vllm-watch", daemon=True).start()
         logger.info("vLLM engine for %s ready in %.1fs", model, time.perf_counter() - started)
 
     @property
@@ -192,6 +193,25 @@ class VLLMEngine:
         started = time.perf_counter()
         self._llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         logger.info("vLLM engine for %s shut down in %.1fs", self.model, time.perf_counter() - started)
+
+    def _watch(self) -> None:
+        """Fail the ``generate`` in flight when the engine core process dies: vLLM 0.32's sync client
+        notices the death but leaves ``generate`` waiting for output forever."""
+        from multiprocessing.connection import wait
+
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        core = self._llm.llm_engine.engine_core
+        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+        outputs = getattr(core, "outputs_queue", None)
+        if manager is None or outputs is None:  # the engine runs in this process
+            return
+        wait([process.sentinel for process in manager.processes])
+        if self._closed:
+            return
+        self._dead = f"the vLLM engine for {self.model} died (its engine core process exited)"
+        logger.error("%s", self._dead)
+        outputs.put_nowait(EngineDeadError())
 
     def _lora(self, path: str) -> LoRARequest:
         from vllm.lora.request import LoRARequest
@@ -233,11 +253,7 @@ class VLLMEngine:
                 prompts, sampling_params=params, lora_request=[lora for _, lora in items], use_tqdm=False
             )
         except Exception as exc:
-            from vllm.v1.engine.exceptions import EngineDeadError
-
-            resources = getattr(self._llm.llm_engine.engine_core, "resources", None)
-            if isinstance(exc, EngineDeadError) or getattr(resources, "engine_dead", False):
-                self._dead = f"the vLLM engine for {self.model} died (its engine core process exited)"
+            if self._dead is not None:
                 raise BackendError(self._dead) from exc
             raise BackendError(
                 f"vLLM on {self.model}: generation failed for a batch of {len(items)}: "
