@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +41,9 @@ SHUTDOWN_TIMEOUT_S = 5.0  # then vLLM kills the engine core's process tree
 
 
 def _import_vllm() -> Any:
+    """``vllm``, its log on stderr (unless ``VLLM_LOGGING_STREAM`` says otherwise): stdout carries
+    results (``mmedagent ask --json``). The engine's processes inherit the setting."""
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as exc:
