@@ -21,7 +21,6 @@ from app.backends.batcher import batching_session
 from app.config import RoleSpec, Settings, VLLMSettings
 from graph.protocol import BackendError, BackendSetupError, ChatRequest, Sampling
 
-pytest.importorskip("vllm")
 # Starting an engine takes one to five minutes on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

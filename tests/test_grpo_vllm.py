@@ -12,7 +12,6 @@ import pytest
 from rl.datasets import synthetic_attending_rows
 from rl.grpo_config import GRPORecipe, Stage
 
-pytest.importorskip("vllm")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 # Two passes over easy: its second step shows vLLM the images it encoded before a weight sync.
