@@ -1,7 +1,7 @@
 """OpenAIBackend against a real ``transformers serve`` process on loopback, serving the tiny checkpoint.
 
 The server is started by these tests (offline, CPU, one torch thread), killed and restarted by them.
-What ``transformers serve`` (5.24) does not offer is documented in README "Serving": it ignores
+What ``transformers serve`` (5.19) does not offer is documented in README "Serving": it ignores
 ``logprobs`` (no log-probabilities or token ids come back), refuses unknown request fields with 422,
 and runs a vision-language model's requests one at a time (its continuous batching is text-only).
 """

@@ -168,7 +168,9 @@ class OpenAIBackend:
                 raw = self._client.chat.completions.with_raw_response.create(
                     model=self.model,
                     messages=self._messages(request),  # type: ignore[arg-type]
-                    max_completion_tokens=sampling.max_new_tokens,
+                    # max_tokens, not its newer alias max_completion_tokens: transformers serve
+                    # (5.19) ignores the alias and would decode to its own default length
+                    max_tokens=sampling.max_new_tokens,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
                     logprobs=True,
