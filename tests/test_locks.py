@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import subprocess
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +17,14 @@ UV = ROOT / ".uv" / "bin" / "uv"
 
 def test_every_installed_package_is_the_locked_version():
     locked = uv_lock_pins()
+    # what the environment holds: its site-packages, not whatever else a test put on sys.path
+    site = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
     installed = {
         normalise(d.metadata["Name"]): d.version
-        for d in importlib.metadata.distributions()
+        for d in importlib.metadata.distributions(path=[str(s) for s in site])
         if normalise(d.metadata["Name"]) != "mmedagent-rl"
     }
+    assert len(installed) > 100  # the environment, not an empty path
     assert installed.keys() <= locked.keys(), f"not in uv.lock: {sorted(installed.keys() - locked.keys())}"
     assert {n: v for n, v in installed.items() if v != locked[n]} == {}
 
