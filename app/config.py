@@ -129,7 +129,9 @@ class Settings(BaseSettings):
     # running case has one waiting, or after batch_wait_ms at most (app/backends/batcher.py).
     batch_gap_ms: float = Field(5.0, ge=0, le=1000, description="quiet gap that closes a batch")
     batch_wait_ms: float = Field(50.0, ge=0, le=5000, description="longest wait for companions")
-    max_batch: int = Field(32, ge=1, le=1024, description="requests per model.generate (transformers, vllm)")
+    max_batch: int = Field(
+        32, ge=1, le=1024, description="requests per model.generate (transformers; vllm: vllm.max_num_seqs)"
+    )
     n_specialists: int = Field(3, ge=1, le=7)
     triage: RoleSpec = RoleSpec(max_new_tokens=64)
     specialist: RoleSpec = RoleSpec(max_new_tokens=128)
