@@ -43,7 +43,7 @@ def vllm_on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def _head_dim(model: str) -> int | None:
+def head_dim(model: str) -> int | None:
     """The language model's attention head dim, from the checkpoint's config (None: unknown)."""
     from transformers import AutoConfig
 
@@ -52,6 +52,14 @@ def _head_dim(model: str) -> int | None:
     except (OSError, ValueError):
         return None
     return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+
+
+def unsupported_cpu_head_dim(model: str) -> tuple[int, list[int]] | None:
+    """``(head dim, supported head dims)`` where vLLM's CPU attention cannot run ``model``, else None."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    dim, supported = head_dim(model), list(CPUAttentionBackend.get_supported_head_sizes())
+    return (dim, supported) if dim is not None and dim not in supported else None
 
 
 def check_vllm(model: str, mode: str = "colocate") -> None:
@@ -75,13 +83,10 @@ def check_vllm(model: str, mode: str = "colocate") -> None:
             "the installed vLLM is a CPU build but training runs on CUDA: install vLLM for CUDA "
             "(MMEDAGENT_LOCK=cuda bash scripts/setup.sh) or set use_vllm: false"
         )
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
-
-    head_dim = _head_dim(model)
-    supported = CPUAttentionBackend.get_supported_head_sizes()
-    if head_dim is not None and head_dim not in supported:
+    if unsupported := unsupported_cpu_head_dim(model):
+        dim, supported = unsupported
         raise VLLMSetupError(
-            f"vLLM's CPU attention cannot run {model}: head dim {head_dim} is not one of {supported} "
+            f"vLLM's CPU attention cannot run {model}: head dim {dim} is not one of {supported} "
             "(use a larger checkpoint, or use_vllm: false)"
         )
 

@@ -17,7 +17,6 @@ down; an engine core that dies fails the requests in flight and every later one 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -54,19 +53,6 @@ def _import_vllm() -> Any:
     return vllm
 
 
-def _head_dim(model: str) -> int | None:
-    """The attention head size of a local checkpoint (None when unknown: a hub id, no config)."""
-    path = Path(model).expanduser() / "config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text())
-    text = config.get("text_config") or config
-    if text.get("head_dim"):
-        return int(text["head_dim"])
-    heads = text.get("num_attention_heads")
-    return text["hidden_size"] // heads if heads and text.get("hidden_size") else None
-
-
 def engine_kwargs(model: str, options: VLLMSettings, *, on_cpu: bool) -> dict[str, Any]:
     """``vllm.LLM`` keyword arguments for ``options``; refuses what this platform cannot run."""
     if on_cpu:
@@ -77,11 +63,10 @@ def engine_kwargs(model: str, options: VLLMSettings, *, on_cpu: bool) -> dict[st
                 "vllm.gpu_memory_utilization is CUDA-only; "
                 "on CPU size the KV cache with vllm.kv_cache_space_gb"
             )
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+        from rl.vllm_sync import unsupported_cpu_head_dim
 
-        supported = CPUAttentionBackend.get_supported_head_sizes()
-        head_dim = _head_dim(model)
-        if head_dim is not None and head_dim not in supported:
+        if unsupported := unsupported_cpu_head_dim(model):
+            head_dim, supported = unsupported
             raise BackendSetupError(
                 f"{model}: vLLM's CPU attention does not support head dim {head_dim} (supported: "
                 f"{', '.join(map(str, supported))}); use the transformers backend for this model"
