@@ -5,8 +5,8 @@ graph.prompts (so training sees exactly what serving sees), the ``images`` its i
 to (their stored bytes: :func:`to_dataset` decodes them only when the trainer reads a row, the
 graph's normalisation applied, so preparing many rows holds no pixels), and the columns
 rl/rewards.py reads (``specialty`` for triage; ``answer`` and ``options`` for the attending). Every
-row also carries ``difficulty`` (easy / medium / hard by the fraction of specialists right,
-data/difficulty.py; None when unknown) and ``case_id``.
+row also carries ``difficulty`` (easy / medium / hard by the fraction of specialists right against
+the row's answer, gold or a clinician's, data/difficulty.py; None when unknown) and ``case_id``.
 
 Stored steps are read through data/export.py's rows (the same query as ``mmedagent export``), so
 ``--from-db`` and ``--data DIR`` see the same rows. Prompts are rebuilt from the run's question,
@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from data.answers import option_letter, option_text
-from data.difficulty import classify
+from data.difficulty import Level, classify
 from data.images import image_from_bytes
 from data.schema import TRAINABLE_ROLES
 from data.specialties import SPECIALTIES
 from data.synthetic import SyntheticCase, iter_cases, make_case
 from graph import prompts
+from rl.rewards import answer_accuracy_value
 from rl.simulated import (
     UNCLEAR_SHARE,
     KnownCase,
@@ -246,7 +247,9 @@ def iter_rows_from_store(
 
     ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
     clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
-    final answer, so their verdicts label the attending only.
+    final answer, so their verdicts label the attending only. A row's difficulty is its specialists'
+    against the answer it is labelled with: the stored gold scores, else the logged opinions scored
+    against the clinician's answer (:func:`opinions_difficulty`).
     """
     from data.export import ExportFilter, iter_batches
 
@@ -256,14 +259,35 @@ def iter_rows_from_store(
     if reward_source != "gold" and role != "attending":
         raise DatasetError("clinician verdicts judge the final answer: they label the attending only")
     flt = ExportFilter(role=role, since=since, status="ok", with_gold=reward_source == "gold")
-    records = (r for batch in iter_batches(store, flt) for r in batch)
+    records: Iterable[dict[str, Any]] = (r for batch in iter_batches(store, flt) for r in batch)
     if reward_source != "gold":
-        clinician = store.clinician_answers()
-        records = (
-            {**r, "answer": (r["answer"] if reward_source == "both" else None) or clinician.get(r["run_id"])}
-            for r in records
-        )
+        records = _clinician_labelled(records, store.clinician_answers(), keep_gold=reward_source == "both")
     yield from rows_from_export(records, role)
+
+
+def _clinician_labelled(
+    records: Iterable[dict[str, Any]], clinician: Mapping[str, str], *, keep_gold: bool
+) -> Iterator[dict[str, Any]]:
+    """Export records labelled by the clinicians' answers (``keep_gold``: only those without a gold
+    answer), each with the difficulty its logged opinions have against that answer."""
+    for rec in records:
+        if keep_gold and rec["answer"]:
+            yield rec
+            continue
+        answer = clinician.get(rec["run_id"])
+        difficulty = opinions_difficulty(rec["opinions"], answer, rec["options"]) if answer else None
+        yield {**rec, "answer": answer, "difficulty": difficulty}
+
+
+def opinions_difficulty(
+    opinions: Sequence[Mapping[str, Any]], answer: str, options: Sequence[str]
+) -> Level | None:
+    """data/difficulty.py's level of a run whose right answer is ``answer``: its specialists'
+    opinions (export layout) scored by the gold accuracy reward's own function; None without any."""
+    if not opinions:
+        return None
+    right = sum(answer_accuracy_value(o["completion"], answer, options) for o in opinions)
+    return classify(right / len(opinions))
 
 
 def iter_rows_from_dir(path: str | Path, role: str) -> Iterator[Row]:
