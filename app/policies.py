@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from data.schema import PolicyVersion
@@ -43,3 +44,28 @@ def weights_hash(model: str, adapter: str | None = None) -> str:
 def resolve_policy(store: TrajectoryStore, role: str, model: str, adapter: str | None) -> PolicyVersion:
     """The policy version row for what ``role`` serves (registered on first use)."""
     return store.policy_for(role, model, weights_hash(model, adapter), adapter_path=adapter)
+
+
+class RegisterError(ValueError):
+    """A training run folder cannot be registered (one line for the user)."""
+
+
+def register_run(store: TrajectoryStore, run_dir: str | Path, parent_id: int | None = None) -> PolicyVersion:
+    """Register the finished training run in ``run_dir`` (its ``training_run.json``, written by
+    ``mmedagent train`` and ``torchrun -m rl.grpo`` alike) as a new policy version of its role; a run
+    whose weights are registered already is refused."""
+    from rl.grpo import RUN_FILE
+
+    path = Path(run_dir).resolve() / RUN_FILE
+    if not path.is_file():
+        raise RegisterError(f"{run_dir} holds no finished training run ({RUN_FILE} missing)")
+    record = json.loads(path.read_text())
+    role, model, adapter = record["role"], record["serving"]["model"], record["serving"]["adapter"]
+    digest = weights_hash(model, adapter)
+    known = [p for p in store.list_policies(role) if p.weights_hash == digest and p.base_model == model]
+    if known:
+        raise RegisterError(f"{run_dir} is registered already: {role} policy version {known[0].id}")
+    summary = {k: v for k, v in record.items() if k not in ("per_step", "log_history", "serving")}
+    return store.register_policy(
+        role, model, digest, adapter_path=adapter, parent_id=parent_id, training_run=summary
+    )

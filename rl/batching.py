@@ -12,7 +12,7 @@ off, hands each process a slice of the chunk, and drops a last incomplete chunk.
 is therefore one stage per generation batch only when every stage is padded to a multiple of the
 chunk, the *global* prompt count, not the per-process one. :func:`generation_batch` computes it
 without a running trainer (so the arithmetic can be checked for 8 processes on one CPU), and
-rl/grpo.py checks it against the figure the live ``GRPOConfig`` derived.
+rl/trainer.py checks it against the figure the live ``GRPOConfig`` derived.
 """
 
 from __future__ import annotations

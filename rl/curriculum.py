@@ -4,7 +4,7 @@ A row's difficulty comes from the fraction ``s`` of specialists right (data/diff
 s = 1, medium 0 < s < 1, hard s = 0). ``order_rows`` lays the stages out back to back, each
 shuffled within itself and repeated for its epochs, and pads every stage to whole generation
 batches, so that with TRL's ``shuffle_dataset=False`` each batch belongs to exactly one stage and
-the trainer can apply that stage's β and γ (rl/grpo.py). A generation batch counts the prompts of
+the trainer can apply that stage's β and γ (rl/trainer.py). A generation batch counts the prompts of
 every process together (rl/batching.py): padding to one process's share would let stages mix
 across processes and TRL drop the last stage's incomplete batch. Without curriculum every row goes into
 one shuffled ``mixed`` stage: the paper's ablation.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from data.difficulty import LEVELS, classify
-from rl.grpo_config import Stage
+from rl.recipe import Stage
 
 log = logging.getLogger(__name__)
 

@@ -1,224 +1,331 @@
-"""Curriculum GRPO on TRL's GRPOTrainer (docs/paper.md).
+"""A GRPO training run, top to bottom: ``mmedagent train`` and ``python -m rl.grpo`` (under
+``torchrun``, one process per GPU) parse the same options and run the same steps.
 
-The objective is the paper's: J_GRPO − β·KL(π‖π_ref) + γ·H, with per-stage β and γ. The recipe's
-``loss_type: grpo`` (TRL's default is ``dapo``) averages each completion's token losses over its
-length as J_GRPO does; the KL is GRPO's per-token k3 estimator, without TRL 1.16's default
-importance-ratio "bias correction" (``use_bias_correction_kl: false``). TRL already
-implements both terms: ``beta`` (per-token KL against the reference, i.e. the starting policy: the
-base model with the adapter disabled under LoRA, a frozen copy under full fine-tuning) and
-``entropy_coef`` (``loss -= γ · mean token entropy of the completions``, the entropies computed
-from the same logits as the log-probabilities). :class:`CurriculumGRPOTrainer` therefore adds no
-new loss code: it sets ``beta`` and ``entropy_coef`` from the stage of each generation batch, which
-rl/curriculum.py and rl/batching.py make a single stage on every process.
+1. :func:`parse_args`: TRL's parser over the run's arguments (:class:`TrainArguments`), the recipe
+   (rl/recipe.py ``GRPORecipe``) and the model arguments (``PolicyModelConfig``). ``--recipe NAME``
+   (or ``--config PATH``) reads a YAML recipe; any field of the three can be set there or on the
+   command line (``--learning_rate 1e-6``, ``--use_peft false``, ``--format_sft '{"max_steps": 0}'``).
+2. :func:`load_rows`: the rows of exactly one source (the store, an export folder, the synthetic
+   clinic), written to a memory-mapped table.
+3. :func:`train`: the run's rows frozen in ``run_plan.json`` (``--resume`` continues on exactly
+   those), the start prepared (the served adapter merged in; the recipe's format SFT), held-out
+   rows set aside, then :func:`train_grpo`: curriculum-ordered rows, the trainer
+   (rl/trainer.py), the policy and ``training_run.json`` saved in ``--out``.
 
-Rows come in curriculum order with TRL's ``shuffle_dataset=False``; without curriculum they are
-shuffled once by rl/curriculum.py (one ``mixed`` stage), so the trainer never reshuffles.
+``mmedagent train`` then registers the policy as a new version; after a ``torchrun`` run,
+``mmedagent policies register OUT`` does (docs/training-at-scale.md: several GPUs and hosts).
 
-With ``use_vllm`` (colocate), generation runs on TRL's vLLM engine; rl/vllm_sync.py adds what this
-project needs there: a one-line failure where vLLM cannot run the recipe, vision special tokens
-never sampled, and the weight sync when the engine runs on CPU (TRL's own sync on CUDA).
+    torchrun --nproc_per_node 8 -m rl.grpo --recipe qwen2.5-vl-7b-attending --data data/att --out runs/att
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import json
 import logging
-import re
+import random
+import shutil
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from transformers import TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+from data.schema import TRAINABLE_ROLES
+from rl.batching import GenerationBatch
+from rl.curriculum import cap_plan, describe_plan, ordered_dataset, stage_spans
+from rl.datasets import (
+    Row,
+    as_table,
+    iter_attending_warmup_rows,
+    iter_rows_from_dir,
+    iter_rows_from_store,
+    iter_synthetic_attending_rows,
+    iter_synthetic_triage_rows,
+    write_rows,
+)
+from rl.recipe import GRPORecipe, PolicyModelConfig, recipe_path
 
-from graph.protocol import ChatBackend
-from rl.batching import GenerationBatch, generation_batch
-from rl.curriculum import LEVELS, cap_plan, describe_plan, ordered_dataset, stage_spans
-from rl.datasets import Row, as_table
-from rl.grpo_config import GRPORecipe, Stage
-from rl.rewards import REWARD_FUNCS
+if TYPE_CHECKING:
+    from data.store import TrajectoryStore
+    from rl.trainer import CurriculumGRPOTrainer
 
 log = logging.getLogger(__name__)
 
 POLICY_DIR = "policy"
-RUN_FILE = "training_run.json"
+RUN_FILE = "training_run.json"  # the finished run: what `mmedagent policies register` reads
+PLAN_FILE = "run_plan.json"  # the options, the start and the frozen row list, written when a run starts
+RECIPE_COPY = "recipe.yaml"  # the recipe as the run read it (a resumed run reads this copy)
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}
 
 
-class CurriculumGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose KL β and entropy coefficient γ follow the stage of the batch in hand.
+class TrainError(ValueError):
+    """The options cannot make a training run (one line for the user)."""
 
-    Every training row carries a ``stage`` column naming one of ``stages``. Before a generation
-    batch is scored, every process checks (collectively) that the batch holds one stage, and
-    ``beta`` and ``entropy_coef`` are set from it; the loss of that batch (computed from the
-    buffered generations) uses them. ``stage_log`` records, per generation batch, the optimizer
-    step it feeds, its stage (and each process's), β, γ, the case ids of every process and the
-    reward by difficulty; the same figures go to TRL's logs (``curriculum/*``,
-    ``reward_by_difficulty/*``).
 
-    With TRL's ``use_adaptive_entropy`` (a recipe's ``extra``) each stage starts at its own γ;
-    TRL raises it while the completions' entropy is below ``entropy_target`` and lowers it above,
-    and applies it only below the target.
+@dataclass
+class TrainArguments:
+    """The run's own arguments (the recipe and the model arguments hold the rest)."""
 
-    ``answer_tokens_only``: the policy-gradient and entropy terms act on the tokens inside
-    ``<answer>…</answer>`` only (the decision), while the KL term keeps acting on every token and
-    holds the format. It goes through TRL's token-mask hook (``get_high_entropy_mask``, which
-    ``top_entropy_quantile`` otherwise drives), so both terms see the same tokens.
-    """
+    role: Literal["triage", "attending"] | None = field(default=None, metadata={"help": "the role to train"})
+    from_db: bool = field(default=False, metadata={"help": "train on the store's labelled runs"})
+    data: str | None = field(default=None, metadata={"help": "a `mmedagent export` folder to train on"})
+    synthetic: int = field(default=0, metadata={"help": "N synthetic-clinic cases"})
+    reward_source: Literal["gold", "clinician", "both"] = field(
+        default="gold",
+        metadata={"help": "--from_db labels: gold, the latest verdict, or both (gold, else the verdict)"},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue the run in --out from its last checkpoint"}
+    )
+    register: bool = field(default=True, metadata={"help": "mmedagent train: register the policy"})
 
-    def __init__(self, *args: Any, stages: Sequence[Stage], answer_tokens_only: bool = False, **kwargs: Any):
-        self.answer_tokens_only = answer_tokens_only
-        self._answer_mask: torch.Tensor | None = None
-        self.stages = {s.name: s for s in stages}
-        if not self.stages:
-            raise ValueError("at least one stage is needed")
-        train_args: GRPOConfig = kwargs["args"]
-        # TRL decides at construction whether a reference model and the entropy term exist; they
-        # must exist when any stage uses them.
-        train_args.beta = max(s.beta for s in stages)
-        train_args.entropy_coef = max(s.gamma for s in stages)
-        self.stage_log: list[dict[str, Any]] = []
-        self._stage_name: str | None = None
-        self._rewards: torch.Tensor | None = None
-        self._stage_by_rank: list[str] = []
-        if train_args.use_vllm:
-            from rl.vllm_sync import check_vllm
 
-            model = kwargs.get("model", args[0] if args else None)
-            check_vllm(model if isinstance(model, str) else model.name_or_path, train_args.vllm_mode)
-        super().__init__(*args, **kwargs)
-        if self.use_vllm:
-            self._setup_vllm()
-        if answer_tokens_only:
-            if train_args.top_entropy_quantile < 1.0:
-                raise ValueError("answer_tokens_only replaces top_entropy_quantile: leave it at 1.0")
-            self.top_entropy_quantile = 0.0  # routes TRL's token mask through get_high_entropy_mask
+@dataclass
+class TrainSpec:
+    """A parsed command line: the three argument groups and the arguments as given."""
 
-    def _setup_vllm(self) -> None:
-        """TRL's vLLM generation, as rl/vllm_sync.py completes it: the vision special tokens biased
-        out of sampling, and the CPU weight sync where the engine runs on CPU."""
-        from rl.vllm_sync import install_cpu_weight_sync, vision_token_bias
+    script: TrainArguments
+    recipe: GRPORecipe
+    model: PolicyModelConfig
+    argv: list[str]
 
-        generation = self.vllm_generation
-        kwargs = dict(generation.generation_kwargs)
-        bias = vision_token_bias(self.processing_class)
-        kwargs["logit_bias"] = {**(kwargs.get("logit_bias") or {}), **bias}
-        generation.generation_kwargs = kwargs
-        install_cpu_weight_sync(generation)
+    @property
+    def out(self) -> Path:
+        return Path(self.recipe.output_dir).resolve()
 
-    def resume_in_stage(self, name: str | None) -> None:
-        """A resumed run continues in stage ``name`` (its last trained step's): adaptive entropy then
-        keeps the coefficient restored from the checkpoint until the next stage begins."""
-        self._stage_name = name
 
-    def _set_stage(self, inputs: list[dict[str, Any]]) -> Stage:
-        """The stage of this generation batch, checked on every process together: its β and γ set."""
-        from accelerate.utils import gather_object
+def parse_args(argv: Sequence[str], prog: str = "python -m rl.grpo") -> TrainSpec:
+    """The options of a run (``--recipe NAME|PATH`` read as TRL's ``--config``); a bad recipe or
+    option value is a :class:`TrainError`."""
+    from trl import TrlParser
 
-        local = sorted({x["stage"] for x in inputs})
-        by_rank = gather_object([local])  # one list per process, in rank order
-        names = {n for per_rank in by_rank for n in per_rank}
-        if len(names) != 1:
-            raise RuntimeError(
-                f"generation batch for step {self.state.global_step + 1} mixes curriculum stages: "
-                f"{dict(enumerate(by_rank))} (stages must be padded to the global generation batch)"
-            )
-        stage = self.stages[names.pop()]
-        self.beta = stage.beta
-        if stage.name != self._stage_name or not self.use_adaptive_entropy:
-            # each stage starts at its own γ; with TRL's adaptive entropy its controller moves it from
-            # there (a run resumed mid-stage keeps the coefficient restored from its checkpoint)
-            self.entropy_coef = stage.gamma
-            self._stage_name = stage.name
-        self._stage_by_rank = [per_rank[0] for per_rank in by_rank]
-        return stage
+    args = list(argv)
+    if "--recipe" in args:
+        at = args.index("--recipe")
+        try:
+            args[at : at + 2] = ["--config", str(recipe_path(args[at + 1]).resolve())]
+        except (FileNotFoundError, IndexError) as exc:
+            raise TrainError(str(exc) or "--recipe needs a name or a path") from None
+    parser = TrlParser((TrainArguments, GRPORecipe, PolicyModelConfig), prog=prog)
+    try:
+        script, recipe, model = parser.parse_args_and_config(args)
+    except (ValueError, TypeError, OSError) as exc:
+        raise TrainError(f"bad recipe or option: {exc}") from None
+    return TrainSpec(script, recipe, model, args)
 
-    def _calculate_rewards(
-        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
-    ) -> Any:
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._rewards = rewards_per_func  # gathered over every process, in rank order
-        return rewards_per_func
 
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        training = self.model.training
-        stage = self._set_stage(inputs) if training else None
-        output = super()._generate_and_score_completions(inputs)
-        if training and stage is not None:
-            self._log_stage(stage, inputs)
-        if self.answer_tokens_only:
-            output["answer_mask"] = answer_token_mask(self.processing_class, output["completion_ids"])
-        return output
+def resume_spec(out: str | Path, *, register: bool = True) -> TrainSpec:
+    """The options the run in ``out`` started with, reading its copy of the recipe, to resume."""
+    path = Path(out).resolve() / PLAN_FILE
+    if not path.is_file():
+        raise TrainError(f"{out} holds no run to resume ({PLAN_FILE} missing)")
+    argv = json.loads(path.read_text())["argv"]
+    spec = parse_args([*argv, "--resume", "true"])
+    spec.script.register = register
+    return spec
 
-    def _log_stage(self, stage: Stage, inputs: list[dict[str, Any]]) -> None:
-        """Record the step's stage, β, γ, every process's stage, its case ids and reward by difficulty."""
-        from accelerate.utils import gather_object
 
-        case_ids = gather_object([str(x.get("case_id", "")) for x in inputs])
-        levels = gather_object([x.get("difficulty") or "" for x in inputs])
-        by_level: dict[str, float] = {}
-        if self._rewards is not None:
-            weights = self.reward_weights.to(self._rewards.device)
-            reward = (self._rewards * weights.unsqueeze(0)).nansum(dim=1).tolist()
-            by_level["all"] = sum(reward) / len(reward)
-            for level in LEVELS:
-                values = [r for r, lv in zip(reward, levels, strict=True) if lv == level]
-                if values:
-                    by_level[level] = sum(values) / len(values)
-        metrics = self._metrics["train"]
-        metrics["curriculum/stage"].append(float(list(self.stages).index(stage.name)))
-        metrics["curriculum/beta"].append(self.beta)
-        metrics["curriculum/gamma"].append(self.entropy_coef)
-        for level, value in by_level.items():
-            if level != "all":
-                metrics[f"reward_by_difficulty/{level}"].append(value)
-        self.stage_log.append(
-            {
-                "step": self.state.global_step + 1,
-                "stage": stage.name,
-                "stage_by_rank": self._stage_by_rank,
-                "beta": self.beta,
-                "gamma": self.entropy_coef,
-                "reward_by_difficulty": by_level,
-                "case_ids": sorted(set(case_ids)),
-            }
+def check_options(spec: TrainSpec) -> None:
+    """One line for what cannot make a run: no role, no --out, a missing tracker, a finished run."""
+    if spec.script.role not in TRAINABLE_ROLES:
+        raise TrainError(f"give --role ({' or '.join(TRAINABLE_ROLES)}), or role: in the recipe")
+    if spec.recipe.output_dir in (None, "", "trainer_output"):
+        raise TrainError("give --out: the folder for the run and the trained policy")
+    for tracker in spec.recipe.report_to:
+        if tracker in TRACKERS and importlib.util.find_spec(TRACKERS[tracker]) is None:
+            raise TrainError(f"report_to {tracker}: the {tracker} package is not installed")
+    if (spec.out / POLICY_DIR).exists():
+        raise TrainError(f"{spec.out / POLICY_DIR} already exists: choose another --out")
+
+
+def source_name(script: TrainArguments) -> str:
+    if script.from_db:
+        return "store" if script.reward_source == "gold" else f"store ({script.reward_source} labels)"
+    return str(script.data) if script.data is not None else f"synthetic:{script.synthetic}"
+
+
+def load_rows(spec: TrainSpec, store: TrajectoryStore | None = None) -> Any:
+    """The rows the options name (exactly one source), streamed to a memory-mapped table
+    (rl.datasets.write_rows): host memory does not grow with their number."""
+    script = spec.script
+    if sum([bool(script.from_db), script.data is not None, script.synthetic > 0]) != 1:
+        raise TrainError("give exactly one data source: --from_db, --data DIR or --synthetic N")
+    if script.from_db:
+        if store is None:
+            raise TrainError("--from_db needs the store (`mmedagent train`)")
+        rows = iter_rows_from_store(store, script.role, reward_source=script.reward_source)
+    elif script.data is not None:
+        rows = iter_rows_from_dir(Path(script.data), script.role)
+    else:
+        make = iter_synthetic_triage_rows if script.role == "triage" else iter_synthetic_attending_rows
+        rows = make(script.synthetic, seed=spec.recipe.seed)
+    table = write_rows(rows)
+    if not len(table):
+        raise TrainError(f"no usable {script.role} rows (runs need a label and stored pixels)")
+    return table
+
+
+@dataclass
+class TrainRun:
+    """A finished run: the result, what it trained on, and where it started from."""
+
+    result: GRPOResult
+    rows: int
+    source: str
+    start: str
+
+
+def train(
+    spec: TrainSpec,
+    rows: Iterable[Row] | Any,
+    *,
+    served: tuple[str | None, str | None] = (None, None),
+    callbacks: Sequence[Any] = (),
+) -> TrainRun:
+    """The run: the rows frozen (or, resuming, the frozen ones found in ``rows``), the start
+    prepared, GRPO trained from it. ``served``: the (model, adapter) the role serves, the start
+    when the model arguments name none (``mmedagent train``)."""
+    check_options(spec)
+    table = as_table(rows)
+    if spec.script.resume:
+        plan = json.loads((spec.out / PLAN_FILE).read_text())
+        table, start, checkpoint = frozen_rows(table, plan["rows"]), plan["start"], last_checkpoint(spec.out)
+        log.info("resuming from %s on the run's %d frozen rows", Path(checkpoint).name, len(table))
+    else:
+        start, checkpoint = prepare_start(spec, table, served), None
+    train_rows, eval_rows = split_eval(table, spec.recipe.eval_fraction, spec.recipe.seed)
+    info = {"role": spec.script.role, "rows": len(table), "data": source_name(spec.script), "start": start}
+    result = train_grpo(
+        spec.recipe,
+        _starting_from(spec.model, start),
+        spec.script.role,
+        train_rows,
+        spec.out,
+        callbacks=callbacks,
+        eval_rows=eval_rows,
+        resume_from=checkpoint,
+        run_info=info,
+    )
+    return TrainRun(result, len(table), info["data"], start)
+
+
+def prepare_start(spec: TrainSpec, table: Any, served: tuple[str | None, str | None]) -> str:
+    """The model GRPO starts from: the model arguments', else the served one with its adapter merged
+    in; then the recipe's format SFT. The plan (options, start, row keys) is written first."""
+    from accelerate import PartialState
+
+    from rl.models import merge_adapter
+    from rl.sft import format_sft
+
+    state, out = PartialState(), spec.out
+    start = spec.model.model_name_or_path or served[0]
+    if not start:
+        raise TrainError(
+            "no model to start from: give --model_name_or_path or model_name_or_path: in the recipe"
         )
+    if served[1] and not spec.model.model_name_or_path:
+        with state.main_process_first():  # one process writes the merged start, the others read it
+            if state.is_main_process:
+                merge_adapter(start, served[1], out / "start")
+        start = str(out / "start")
+    section = spec.recipe.format_sft
+    if section:
+        log.info("format SFT: %d steps on random labels", section["max_steps"])
+        done = format_sft(
+            _starting_from(spec.model, start),
+            warmup_rows(spec, table),
+            spec.script.role,
+            out / "format_sft",
+            section,
+            init_kwargs=spec.recipe.model_init_kwargs,
+            seed=spec.recipe.seed,
+            progress_bar=spec.recipe.progress_bar,
+        )
+        start = str(done.policy_path)
+    if state.is_main_process:
+        write_plan(spec, start, table)
+    return start
 
-    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
-        self._answer_mask = inputs.get("answer_mask")
-        return super()._compute_loss(model, inputs)
 
-    def get_high_entropy_mask(
-        self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float
-    ) -> torch.Tensor:
-        if self.answer_tokens_only and self._answer_mask is not None:
-            return self._answer_mask.bool() & mask.bool()
-        return super().get_high_entropy_mask(entropies, mask, threshold)
+def write_plan(spec: TrainSpec, start: str, table: Any) -> None:
+    """``run_plan.json``: the arguments (the recipe read from its copy in --out), the start and every
+    row's key, in order: what ``--resume`` continues with."""
+    out = spec.out
+    out.mkdir(parents=True, exist_ok=True)
+    argv = list(spec.argv)
+    if "--config" in argv:
+        at = argv.index("--config") + 1
+        shutil.copyfile(argv[at], out / RECIPE_COPY)
+        argv[at] = str(out / RECIPE_COPY)
+    plan = {"argv": argv, "start": start, "rows": [row_key(r) for r in table]}
+    (out / PLAN_FILE).write_text(json.dumps(plan, indent=1))
 
 
-def answer_token_mask(processing_class: Any, completion_ids: torch.Tensor) -> torch.Tensor:
-    """1 for the completion tokens that spell the content of ``<answer>…</answer>``, else 0.
+def warmup_rows(spec: TrainSpec, table: Any) -> Any:
+    """The format SFT's rows: for a synthetic attending run the clinic's own warm-up cases
+    (:func:`iter_attending_warmup_rows`: reading learned, not the training rows by heart), else
+    the training rows."""
+    if spec.script.synthetic and spec.script.role == "attending":
+        return write_rows(iter_attending_warmup_rows(spec.recipe.seed))
+    return table
 
-    A token belongs to the answer when the text before it holds ``<answer>`` and the answer text
-    up to and including it holds no ``</`` yet (the closing tag is format, not decision).
-    """
-    tokenizer = getattr(processing_class, "tokenizer", processing_class)
-    mask = torch.zeros(completion_ids.shape, dtype=torch.float32, device=completion_ids.device)
-    for row, ids in enumerate(completion_ids.tolist()):
-        pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=True)
-        text = ""
-        for i, piece in enumerate(pieces):
-            if "<answer>" in text and "</" not in (text + piece).split("<answer>", 1)[1]:
-                mask[row, i] = 1.0
-            text += piece
-    return mask
+
+def split_eval(table: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, eval) selections of ``table``: ``fraction`` of its rows held out at random (seeded),
+    none when 0."""
+    n = len(table)
+    held = (
+        set(random.Random(f"eval|{seed}").sample(range(n), max(1, round(n * fraction))))
+        if fraction > 0
+        else set()
+    )
+    return table.select([i for i in range(n) if i not in held]), table.select(sorted(held))
+
+
+def row_key(row: Row) -> str:
+    """A row's identity for freezing a run's row list: its prompt, label, case and image bytes."""
+    h = hashlib.sha256()
+    label = {k: row.get(k) for k in ("case_id", "answer", "specialty", "options")}
+    h.update(json.dumps([row["prompt"], label], sort_keys=True, default=str).encode())
+    for image in row["images"]:
+        h.update(hashlib.sha256(image).digest())
+    return h.hexdigest()[:32]
+
+
+def frozen_rows(table: Any, keys: Sequence[str]) -> Any:
+    """The rows of ``keys`` found in ``table``, in the keys' order (a resumed run's own rows)."""
+    by_key: dict[str, list[int]] = {}
+    for i, row in enumerate(table):
+        by_key.setdefault(row_key(row), []).append(i)
+    indices: list[int] = []
+    for key in keys:
+        if not by_key.get(key):
+            raise TrainError(f"a row of the run is gone from its source ({key}): it cannot resume exactly")
+        indices.append(by_key[key].pop(0))
+    return table.select(indices)
+
+
+def last_checkpoint(out: Path) -> str:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not checkpoints:
+        raise TrainError(f"{out} holds no checkpoint to resume from (the recipe's save_steps saves them)")
+    return str(checkpoints[-1])
+
+
+def _starting_from(model_args: PolicyModelConfig, start: str) -> PolicyModelConfig:
+    from dataclasses import replace
+
+    return replace(model_args, model_name_or_path=start)
+
+
+# --- the GRPO phase ------------------------------------------------------------------------------
 
 
 @dataclass
 class GRPOResult:
-    """What a training run produced. ``policy_path`` is an adapter (LoRA) or a whole checkpoint."""
+    """What a GRPO run produced. ``policy_path`` is an adapter (LoRA) or a whole checkpoint."""
 
     output_dir: Path
     policy_path: Path
@@ -260,6 +367,170 @@ class GRPOResult:
         }
 
 
+def train_grpo(
+    recipe: GRPORecipe,
+    model_args: PolicyModelConfig,
+    role: str,
+    rows: Iterable[Row] | Any,
+    output_dir: str | Path,
+    *,
+    callbacks: Sequence[Any] = (),
+    eval_rows: Sequence[Row] = (),
+    resume_from: str | None = None,
+    run_info: dict[str, Any] | None = None,
+) -> GRPOResult:
+    """GRPO-train ``model_args.model_name_or_path`` on ``rows`` into ``output_dir``.
+
+    The rows are curriculum-ordered (or one shuffled mixed stage), every stage padded to whole
+    generation batches of all processes together, so each batch holds one stage and every row of
+    every stage is trained; ``recipe.max_steps`` cuts the plan (logged, recorded as ``cut``) and
+    never extends it. The policy goes to ``<out>/policy`` (an adapter under LoRA, a whole checkpoint
+    with its processor under full fine-tuning) with ``training_run.json`` beside it (the summary,
+    ``run_info``, the recipe, every step's stage), both written by the main process. ``eval_rows``
+    are scored greedily every ``recipe.eval_steps`` steps and at the end (rl/evaluation.py).
+    """
+    if not model_args.model_name_or_path:
+        raise ValueError("the model arguments name no model to start from")
+    if recipe.use_vllm:  # before any row or model is read
+        from rl.vllm_sync import check_vllm
+
+        check_vllm(model_args.model_name_or_path, recipe.vllm_mode)
+    out = Path(output_dir)
+    plan = plan_stages(recipe.replace(output_dir=str(out)), role, rows)
+    trainer = build_trainer(plan.args, model_args, role, plan.dataset, plan.stages, callbacks)
+    scorer = _add_eval(trainer, eval_rows, role, recipe)
+    if resume_from:  # the stage the checkpoint's last step trained
+        trainer.resume_in_stage(plan.stage_at(int(Path(resume_from).name.rsplit("-", 1)[-1])))
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume_from)
+    result = GRPOResult(
+        output_dir=out,
+        policy_path=out / POLICY_DIR,
+        base_model=model_args.model_name_or_path,
+        adapter=model_args.use_peft,
+        steps=trainer.state.global_step,
+        wall_s=time.perf_counter() - started,
+        stages=plan.steps,
+        metrics=_final_metrics(trainer.state.log_history, output.metrics),
+        stage_log=trainer.stage_log,
+        world_size=plan.gen.processes,
+        global_batch=plan.gen.completions_per_step,
+        loss_type=recipe.loss_type,
+        cut=plan.cut,
+        curriculum=recipe.curriculum_for(role),
+        eval=scorer.results if scorer else [],
+    )
+    save_policy(trainer, result, plan.args, model_args, run_info or {"role": role})
+    return result
+
+
+@dataclass
+class StagePlan:
+    """The ordered rows and what the trainer does with them: ``steps``, one entry per stage (its
+    first step, number of steps, rows, β, γ), what max_steps ``cut``, the generation batch, and
+    ``args``: the recipe with ``max_steps`` set to the plan's."""
+
+    dataset: Any
+    steps: list[dict[str, Any]]
+    cut: list[str]
+    gen: GenerationBatch
+    stages: list[Any]
+    args: GRPORecipe
+
+    def stage_at(self, done: int) -> str | None:
+        """The stage of the step after ``done`` steps."""
+        return next((p["stage"] for p in self.steps if p["first_step"] + p["steps"] > done), None)
+
+
+def plan_stages(recipe: GRPORecipe, role: str, rows: Iterable[Row] | Any) -> StagePlan:
+    """The rows in curriculum order (or one mixed stage), padded to whole generation batches of the
+    processes running, and the stage plan, cut by ``recipe.max_steps`` and logged."""
+    from rl.trainer import run_generation_batch
+
+    gen = run_generation_batch(recipe)
+    table = as_table(rows)
+    curriculum = recipe.curriculum_for(role)
+    dataset, spans = ordered_dataset(
+        table, recipe.stages, batch=gen.prompts, curriculum=curriculum, mixed_stage=recipe.mixed_stage,
+        seed=recipe.seed,
+    )  # fmt: skip
+    steps, cut = cap_plan(stage_spans(spans, gen.prompts, gen.optimizer_steps), recipe.max_steps)
+    args = recipe.replace(max_steps=sum(p["steps"] for p in steps))
+    log.info(
+        "GRPO %s (%s, loss %s): %d rows, %d processes, %d completions a step (%d prompts x %d per "
+        "generation batch); stage plan:\n%s",
+        role, "curriculum" if curriculum else "mixed", recipe.loss_type, len(table), gen.processes,
+        gen.completions_per_step, gen.prompts, recipe.num_generations, describe_plan(steps),
+    )  # fmt: skip
+    if cut:
+        log.warning("max_steps %d cuts the stage plan: %s", recipe.max_steps, "; ".join(cut))
+    return StagePlan(dataset, steps, cut, gen, [sp.stage for sp in spans], args)
+
+
+def build_trainer(
+    recipe: GRPORecipe,
+    model_args: PolicyModelConfig,
+    role: str,
+    dataset: Any,
+    stages: Sequence[Any],
+    callbacks: Sequence[Any] = (),
+) -> CurriculumGRPOTrainer:
+    """The curriculum trainer on the starting policy (``model_init_kwargs`` applied, frozen
+    parameters or LoRA), the role's rewards and the processor (left padding)."""
+    from transformers import AutoProcessor
+
+    from rl.models import load_policy_model, model_init_kwargs, peft_config
+    from rl.rewards import REWARD_FUNCS
+    from rl.trainer import CurriculumGRPOTrainer
+
+    start = model_args.model_name_or_path
+    return CurriculumGRPOTrainer(
+        model=load_policy_model(model_args, model_init_kwargs(model_args, recipe.model_init_kwargs)),
+        reward_funcs=REWARD_FUNCS[role],
+        args=recipe,
+        train_dataset=dataset,
+        processing_class=AutoProcessor.from_pretrained(start, padding_side="left"),
+        peft_config=peft_config(model_args),
+        callbacks=list(callbacks),
+        stages=stages,
+        answer_tokens_only=recipe.policy_tokens == "answer",
+    )
+
+
+def _add_eval(trainer: Any, rows: Sequence[Row], role: str, recipe: GRPORecipe) -> Any:
+    if not len(rows):
+        return None
+    from rl.evaluation import EvalAccuracy
+
+    scorer = EvalAccuracy(
+        trainer, rows, role, max_new_tokens=recipe.max_completion_length, every=recipe.eval_steps
+    )
+    trainer.add_callback(scorer)
+    return scorer
+
+
+def save_policy(
+    trainer: Any, result: GRPOResult, recipe: GRPORecipe, model_args: PolicyModelConfig, info: dict[str, Any]
+) -> None:
+    """The policy (and, under full fine-tuning, its processor) and ``training_run.json``."""
+    trainer.save_model(str(result.policy_path))  # the main process writes (transformers' should_save)
+    if trainer.is_world_process_zero():
+        if not result.adapter:
+            trainer.processing_class.save_pretrained(result.policy_path)
+        model, adapter = result.serving
+        record = {
+            **result.summary(),
+            **info,
+            "serving": {"model": model, "adapter": adapter},
+            "recipe": recipe.to_dict(),
+            "model_args": vars(model_args),
+            "per_step": trainer.stage_log,
+            "log_history": trainer.state.log_history,
+        }
+        (result.output_dir / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
+    trainer.accelerator.wait_for_everyone()
+
+
 def final_by_difficulty(stage_log: Sequence[dict[str, Any]], last: int = 3) -> dict[str, float]:
     """Each difficulty's reward averaged over the last ``last`` steps that trained on it."""
     values: dict[str, list[float]] = {}
@@ -267,195 +538,6 @@ def final_by_difficulty(stage_log: Sequence[dict[str, Any]], last: int = 3) -> d
         for level, value in entry.get("reward_by_difficulty", {}).items():
             values.setdefault(level, []).append(value)
     return {level: round(sum(v[-last:]) / len(v[-last:]), 4) for level, v in values.items()}
-
-
-def _on_cpu() -> bool:
-    return not torch.cuda.is_available()
-
-
-def grpo_config(recipe: GRPORecipe, output_dir: Path) -> GRPOConfig:
-    """TRL's config for ``recipe``: its GRPOConfig fields as they are, and what a curriculum run fixes."""
-    trl_fields = {f.name for f in fields(GRPOConfig) if f.init}
-    options = {k: v for k, v in recipe.to_dict().items() if k in trl_fields}
-    return GRPOConfig(
-        **{
-            **options,
-            "output_dir": str(output_dir),
-            "num_train_epochs": 1,  # the ordered rows already hold every stage's epochs
-            "shuffle_dataset": False,  # the curriculum's order
-        }
-    )
-
-
-def load_policy_model(recipe: GRPORecipe) -> Any:
-    """The starting policy (float32 on CPU), with ``recipe.freeze``'d parameters frozen."""
-    from transformers import AutoModelForImageTextToText
-
-    dtype = "float32" if _on_cpu() else "auto"
-    model = AutoModelForImageTextToText.from_pretrained(recipe.model, dtype=dtype)
-    frozen = tuple(recipe.freeze)
-    if frozen and recipe.finetune == "full":
-        for name, param in model.named_parameters():
-            if name.startswith(frozen):
-                param.requires_grad_(False)
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError(f"freeze {list(frozen)} leaves nothing to train")
-    return model
-
-
-def _peft_config(recipe: GRPORecipe) -> Any:
-    if recipe.finetune != "lora":
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=lora_targets(recipe),
-        task_type="CAUSAL_LM",
-    )
-
-
-def lora_targets(recipe: GRPORecipe) -> list[str] | str:
-    """PEFT's ``target_modules``: the recipe's projection names, in the language model only unless
-    ``lora_scope`` is ``all`` (a regex PEFT matches against the full module name)."""
-    if recipe.lora_scope == "all":
-        return list(recipe.lora_target_modules)
-    names = "|".join(re.escape(n) for n in recipe.lora_target_modules)
-    return rf".*\blanguage_model\..*\.({names})"
-
-
-def run_generation_batch(args: GRPOConfig) -> GenerationBatch:
-    """The generation batch of a live config (its world size), checked against TRL's own figure."""
-    gen = generation_batch(
-        processes=args.world_size,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        num_generations=args.num_generations,
-        steps_per_generation=args.steps_per_generation,
-        num_iterations=args.num_iterations,
-    )
-    if gen.completions != args.generation_batch_size:  # TRL changed its arithmetic: fail loudly
-        raise RuntimeError(
-            f"rl/batching.py expects {gen.completions} completions per generation batch, "
-            f"TRL configured {args.generation_batch_size}"
-        )
-    return gen
-
-
-def train_grpo(
-    recipe: GRPORecipe,
-    rows: Iterable[Row] | Any,
-    output_dir: str | Path,
-    *,
-    callbacks: Sequence[Any] = (),
-    eval_rows: Sequence[Row] = (),
-) -> GRPOResult:
-    """Train ``recipe.model`` on ``rows`` (curriculum-ordered or mixed) and save the policy.
-
-    ``rows``: any iterable of rows (a generator keeps them out of memory) or a table of
-    rl.datasets.write_rows; they are streamed to memory-mapped tables (rl/curriculum.ordered_dataset).
-
-    Every stage is padded to whole generation batches of all processes together, so each batch
-    holds one stage and every row of every stage is trained; ``recipe.max_steps`` cuts the plan
-    (logged, and recorded as ``cut``) and never extends it. The policy goes to
-    ``output_dir/policy`` (an adapter under LoRA, a whole checkpoint with its processor under full
-    fine-tuning) with ``training_run.json`` beside it, both written by the main process only.
-    ``eval_rows`` are scored greedily (``max_completion_length`` new tokens) every
-    ``recipe.eval_steps`` steps and at the end: accuracy by difficulty.
-    """
-    from transformers import AutoProcessor
-
-    if not recipe.model:
-        raise ValueError("the recipe names no model to start from")
-    if recipe.use_vllm:  # before any row or model is read
-        from rl.vllm_sync import check_vllm
-
-        check_vllm(recipe.model, recipe.vllm_mode)
-    out = Path(output_dir)
-    args = grpo_config(recipe, out)
-    gen = run_generation_batch(args)
-    table = as_table(rows)
-    n_rows = len(table)
-    dataset, spans = ordered_dataset(
-        table,
-        recipe.stages,
-        batch=gen.prompts,
-        curriculum=recipe.curriculum,
-        mixed_stage=recipe.mixed_stage,
-        seed=recipe.seed,
-    )
-    plan, cut = cap_plan(stage_spans(spans, gen.prompts, gen.optimizer_steps), recipe.max_steps)
-    args.max_steps = sum(p["steps"] for p in plan)
-    log.info(
-        "GRPO %s (%s, loss %s): %d rows, %d processes, %d completions a step (%d prompts x %d per "
-        "generation batch); stage plan:\n%s",
-        recipe.role, "curriculum" if recipe.curriculum else "mixed", recipe.loss_type, n_rows,
-        gen.processes, gen.completions_per_step, gen.prompts, recipe.num_generations, describe_plan(plan),
-    )  # fmt: skip
-    if cut:
-        log.warning("max_steps %d cuts the stage plan: %s", recipe.max_steps, "; ".join(cut))
-    processor = AutoProcessor.from_pretrained(recipe.model, padding_side="left")
-    trainer = CurriculumGRPOTrainer(
-        model=load_policy_model(recipe),
-        reward_funcs=REWARD_FUNCS[recipe.role],
-        args=args,
-        train_dataset=dataset,
-        processing_class=processor,
-        peft_config=_peft_config(recipe),
-        callbacks=list(callbacks),
-        stages=[sp.stage for sp in spans],
-        answer_tokens_only=recipe.policy_tokens == "answer",
-    )
-    scorer = None
-    if eval_rows:
-        scorer = EvalAccuracy(
-            trainer,
-            eval_rows,
-            recipe.role,
-            max_new_tokens=recipe.max_completion_length,
-            every=recipe.eval_steps,
-        )
-        trainer.add_callback(scorer)
-    if isinstance(recipe.resume_from_checkpoint, str):  # the stage the checkpoint's last step trained
-        done = int(Path(recipe.resume_from_checkpoint).name.rsplit("-", 1)[-1])
-        trainer.resume_in_stage(next((p["stage"] for p in plan if p["first_step"] + p["steps"] > done), None))
-    started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)
-    wall = time.perf_counter() - started
-
-    policy = out / POLICY_DIR
-    trainer.save_model(str(policy))  # the main process writes (TRL/transformers' should_save)
-    result = GRPOResult(
-        output_dir=out,
-        policy_path=policy,
-        base_model=recipe.model,
-        adapter=recipe.finetune == "lora",
-        steps=trainer.state.global_step,
-        wall_s=wall,
-        stages=plan,
-        metrics=_final_metrics(trainer.state.log_history, output.metrics),
-        stage_log=trainer.stage_log,
-        world_size=gen.processes,
-        global_batch=gen.completions_per_step,
-        loss_type=recipe.loss_type,
-        cut=cut,
-        curriculum=bool(recipe.curriculum),
-        eval=scorer.results if scorer else [],
-    )
-    if trainer.is_world_process_zero():
-        if recipe.finetune == "full":
-            processor.save_pretrained(policy)
-        record = {
-            **result.summary(),
-            "recipe": recipe.to_dict(),
-            "per_step": trainer.stage_log,
-            "log_history": trainer.state.log_history,
-        }
-        (out / RUN_FILE).write_text(json.dumps(record, indent=2, default=str))
-    trainer.accelerator.wait_for_everyone()
-    return result
 
 
 def _final_metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any]) -> dict[str, float]:
@@ -470,119 +552,30 @@ def _final_metrics(history: list[dict[str, Any]], train_metrics: dict[str, Any])
     return metrics
 
 
-def _row_value(row: Row, text: str, role: str) -> float:
-    from rl.rewards import answer_accuracy_value, triage_accuracy_value
-
-    if role == "triage":
-        return triage_accuracy_value(text, row["specialty"])
-    return answer_accuracy_value(text, row["answer"], row["options"])
+# --- python -m rl.grpo ---------------------------------------------------------------------------
 
 
-def _by_difficulty(rows: Sequence[Row], values: Sequence[float]) -> dict[str, float]:
-    right: dict[str, list[float]] = {"all": list(values)}
-    for row, value in zip(rows, values, strict=True):
-        if row.get("difficulty"):
-            right.setdefault(row["difficulty"], []).append(value)
-    return {k: sum(v) / len(v) for k, v in right.items() if v}
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m rl.grpo`` / ``torchrun -m rl.grpo``: train; ``mmedagent policies register OUT``
+    registers the result."""
+    import os
+    import sys
 
-
-@torch.no_grad()
-def model_accuracy(
-    model: Any, processor: Any, rows: Sequence[Row], role: str, *, max_new_tokens: int, batch: int = 16
-) -> dict[str, float]:
-    """Greedy accuracy of an in-memory model on ``rows``: ``all`` and per difficulty present."""
-    from rl.datasets import row_images
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    was_training = model.training
-    model.eval()
-    values: list[float] = []
+    main_process = os.environ.get("RANK", "0") == "0"  # the others log warnings only
+    logging.basicConfig(
+        level=logging.INFO if main_process else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start : start + batch]
-            texts = [
-                processor.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
-                for r in chunk
-            ]
-            images = [img for r in chunk for img in row_images(r)]
-            inputs = processor(
-                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
-            )
-            inputs = inputs.to(model.device)
-            out = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens)
-            done = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            values.extend(_row_value(r, text, role) for r, text in zip(chunk, done, strict=True))
-    finally:
-        model.train(was_training)
-    return _by_difficulty(rows, values)
-
-
-class EvalAccuracy(TrainerCallback):
-    """Scores the eval rows every ``every`` steps and at the end: accuracy by difficulty, logged
-    (``eval_accuracy/<level>``: TensorBoard/trackio, ``log_history``) and kept in ``results``."""
-
-    def __init__(
-        self, trainer: GRPOTrainer, rows: Sequence[Row], role: str, *, max_new_tokens: int, every: int
-    ):
-        self.trainer, self.rows, self.role = trainer, list(rows), role
-        self.max_new_tokens, self.every = max_new_tokens, every
-        self.results: list[dict[str, Any]] = []
-
-    def _score(self, state: Any) -> None:
-        if self.results and self.results[-1]["step"] == state.global_step:
-            return
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        accuracy = model_accuracy(
-            model, self.trainer.processing_class, self.rows, self.role, max_new_tokens=self.max_new_tokens
-        )
-        self.results.append({"step": state.global_step, "accuracy": accuracy})
-        model.eval()  # TRL's log() files metrics under the mode the model is in: not the train ones
-        try:
-            self.trainer.log({f"eval_accuracy/{k}": v for k, v in accuracy.items()})
-        finally:
-            model.train()
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.every > 0 and state.global_step % self.every == 0:
-            self._score(state)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._score(state)
-
-
-def score_policy(
-    backend: ChatBackend, rows: Sequence[Row], role: str, *, max_new_tokens: int = 24, batch: int = 64
-) -> dict[str, float]:
-    """Greedy accuracy of a served policy on held-out rows: ``all`` and per difficulty present."""
-    from graph.protocol import ChatRequest, Sampling
-    from rl.datasets import row_images
-
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
-    values: list[float] = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        done = backend.generate([ChatRequest(r["prompt"], row_images(r), sampling) for r in chunk])
-        values.extend(_row_value(r, c.text, role) for r, c in zip(chunk, done, strict=True))
-    return _by_difficulty(rows, values)
-
-
-def merge_adapter(model: str, adapter: str, output_dir: str | Path) -> str:
-    """Fold a LoRA adapter into its base model and save the result: GRPO's new LoRA trains on it."""
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    out = Path(output_dir)
-    base = AutoModelForImageTextToText.from_pretrained(model, dtype="auto")
-    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    merged.save_pretrained(out)
-    AutoProcessor.from_pretrained(model).save_pretrained(out)
-    return str(out)
+        spec = parse_args(sys.argv[1:] if argv is None else argv)
+        if spec.script.resume:
+            spec = resume_spec(spec.recipe.output_dir)
+        run = train(spec, load_rows(spec))
+    except (TrainError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    r = run.result
+    log.info("policy saved to %s after %d steps (%.0f s)", r.policy_path, r.steps, r.wall_s)
+    log.info("register it: mmedagent policies register %s", r.output_dir)
 
 
 if __name__ == "__main__":
-    # ``python -m rl.grpo`` (``torchrun --nproc_per_node N -m rl.grpo`` for N processes): the options
-    # of ``mmedagent train`` (rl/train.py), without registering the policy. Under this guard only:
-    # rl.train imports this module, so importing it at the top would be a cycle.
-    from rl.train import main
-
     main()

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning with TRL's SFTTrainer: the paper's SFT baseline, and the format warm-up.
+"""Supervised fine-tuning with TRL's SFTTrainer: the paper's SFT baseline, and the format SFT
+(a recipe's ``format_sft`` section, run before GRPO; "warm-up" below).
 
 Both train on the same rows as GRPO (rl/datasets.py), with a completion in the graph's strict
 format, ``<think>…</think><answer> X</answer>``:
@@ -24,7 +25,7 @@ format, ``<think>…</think><answer> X</answer>``:
 The space before X keeps every specialty a single token of the tiny tokenizer, and spells an
 option's text as the think and the specialists' opinions spell it. The attending answers with the
 option's text, not its letter: the tiny model never learned to point from what it sees to a
-shuffled letter (rl/recipes/tiny-attending.yaml), while a text it can take over verbatim.
+shuffled letter (docs/learning.md, tiny-attending), while a text it can take over verbatim.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,8 @@ import torch
 from data.answers import match_option, option_letter, option_text
 from data.specialties import SPECIALTIES
 from rl.datasets import Row, to_dataset
+from rl.models import model_init_kwargs, peft_config
+from rl.recipe import PolicyModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,19 +111,6 @@ def warmup_completions(rows: Sequence[Row], role: str, n: int, *, seed: int = 0)
     return [_sft_row(rows[i % len(rows)], warmup_answer(rows[i % len(rows)], role, rng)) for i in range(n)]
 
 
-@dataclass(frozen=True)
-class SFTRecipe:
-    """One SFT run: full fine-tuning of ``model`` for ``steps`` steps of ``batch_size`` rows."""
-
-    model: str
-    steps: int = 200
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    seed: int = 0
-    progress_bar: bool = True
-    report_to: tuple[str, ...] = ("none",)
-
-
 @dataclass
 class SFTResult:
     policy_path: Path
@@ -137,55 +127,90 @@ class SFTResult:
         }
 
 
-def train_sft(recipe: SFTRecipe, sft_rows: Sequence[Row], output_dir: str | Path) -> SFTResult:
-    """Fine-tune on prompt-completion rows (loss on the completion only); save model + processor."""
+def sft_config(section: Mapping[str, Any], output_dir: Path, *, seed: int, progress_bar: bool) -> Any:
+    """TRL's SFTConfig for a recipe's SFT section (rl/recipe.py ``format_sft``): its fields over
+    this project's defaults (a constant rate, no checkpoints, no tracker, float32 on CPU)."""
+    from trl import SFTConfig
+
+    cpu = not torch.cuda.is_available()
+    defaults = {
+        "lr_scheduler_type": "constant",
+        "seed": seed,
+        "use_cpu": cpu,
+        "bf16": not cpu and torch.cuda.is_bf16_supported(),
+        "report_to": "none",
+        "logging_steps": max(1, int(section["max_steps"]) // 10),
+        "save_strategy": "no",
+        "disable_tqdm": not progress_bar,
+        "gradient_checkpointing": True,  # TRL's default
+    }
+    options = {k: v for k, v in section.items() if k != "use_peft"}
+    return SFTConfig(**{**defaults, **options, "output_dir": str(output_dir / "run")})
+
+
+def train_sft(
+    model_args: PolicyModelConfig,
+    sft_rows: Sequence[Row],
+    output_dir: str | Path,
+    section: Mapping[str, Any],
+    *,
+    init_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    progress_bar: bool = True,
+) -> SFTResult:
+    """Fine-tune on prompt-completion rows (loss on the completion only), fully or with LoRA
+    (``section["use_peft"]``, else the model arguments'), and save a whole checkpoint with its
+    processor: a LoRA adapter is merged in (main process)."""
+    from accelerate import PartialState
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     out = Path(output_dir)
-    cpu = not torch.cuda.is_available()
-    args = SFTConfig(
-        output_dir=str(out / "run"),
-        max_steps=recipe.steps,
-        per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type="constant",
-        seed=recipe.seed,
-        use_cpu=cpu,
-        bf16=not cpu and torch.cuda.is_bf16_supported(),
-        report_to=list(recipe.report_to),
-        logging_steps=max(1, recipe.steps // 10),
-        save_strategy="no",
-        disable_tqdm=not recipe.progress_bar,
-        gradient_checkpointing=True,  # TRL's default
-    )
-    model = AutoModelForImageTextToText.from_pretrained(recipe.model, dtype=torch.float32 if cpu else "auto")
-    processor = AutoProcessor.from_pretrained(recipe.model)
+    args = sft_config(section, out, seed=seed, progress_bar=progress_bar)
+    lora = bool(section.get("use_peft", model_args.use_peft))
+    start = model_args.model_name_or_path
+    model = AutoModelForImageTextToText.from_pretrained(start, **model_init_kwargs(model_args, init_kwargs))
+    processor = AutoProcessor.from_pretrained(start)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=to_dataset(sft_rows), processing_class=processor
+        model=model,
+        args=args,
+        train_dataset=to_dataset(sft_rows),
+        processing_class=processor,
+        peft_config=peft_config(model_args) if lora else None,
     )
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
     policy = out / "policy"
-    trainer.save_model(str(policy))
-    processor.save_pretrained(policy)
+    if lora:
+        if PartialState().is_main_process:
+            trainer.model.merge_and_unload().save_pretrained(policy)
+    else:
+        trainer.save_model(str(policy))  # the main process writes
+    if PartialState().is_main_process:
+        processor.save_pretrained(policy)
+    PartialState().wait_for_everyone()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return SFTResult(policy, trainer.state.global_step, wall, float(losses[-1]) if losses else None)
 
 
-def format_warmup(
-    model: str,
+def format_sft(
+    model_args: PolicyModelConfig,
     rows: Sequence[Row],
     role: str,
     output_dir: str | Path,
-    *,
-    steps: int = 200,
-    batch_size: int = 16,
-    learning_rate: float = 3e-3,
-    seed: int = 0,
-    progress_bar: bool = True,
+    section: Mapping[str, Any],
+    **options: Any,
 ) -> SFTResult:
-    """Random-label SFT: teaches the format (and an even spread over the choices), not the task."""
-    recipe = SFTRecipe(model, steps, batch_size, learning_rate, seed, progress_bar)
-    return train_sft(recipe, warmup_completions(rows, role, steps * batch_size, seed=seed), output_dir)
+    """The format SFT: random labels (:func:`warmup_completions`), enough for the section's steps on
+    every process, trained by :func:`train_sft` (``options``: its keyword arguments). Teaches the
+    format (and an even spread over the choices), not the task."""
+    from accelerate import PartialState
+
+    steps = int(section["max_steps"])
+    per_step = int(section.get("per_device_train_batch_size", 8)) * int(
+        section.get("gradient_accumulation_steps", 1)
+    )
+    n = steps * per_step * PartialState().num_processes
+    sft_rows = warmup_completions(rows, role, n, seed=options.get("seed", 0))
+    return train_sft(model_args, sft_rows, output_dir, section, **options)

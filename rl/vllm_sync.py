@@ -1,6 +1,6 @@
 """GRPO's vLLM generation (TRL's ``use_vllm``, colocate mode): what this project adds to TRL's.
 
-Three things, each applied by rl/grpo.py's CurriculumGRPOTrainer whenever ``use_vllm`` is on:
+Three things, each applied by rl/trainer.py's CurriculumGRPOTrainer whenever ``use_vllm`` is on:
 
 - :func:`check_vllm`: a recipe asking for vLLM fails with one line, before any model loads, when vLLM
   is not installed, when ``vllm_mode`` is ``server`` on a machine without CUDA (TRL's client pushes

@@ -115,14 +115,14 @@ import torch
 
 from rl.datasets import synthetic_attending_rows
 from rl.grpo import train_grpo
-from rl.grpo_config import GRPORecipe, Stage
+from rl.recipe import GRPORecipe, PolicyModelConfig, Stage
 
 logging.basicConfig(level=logging.WARNING)
 model, backend, out = sys.argv[1:4]
 vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3,
         "vllm_max_model_length": 4096}
 recipe = GRPORecipe(
-    role="attending", model=model, finetune="lora", learning_rate=1e-4, num_generations=8,
+    learning_rate=1e-4, num_generations=8,
     completions_per_step=32, max_completion_length=64, logging_steps=1, progress_bar=False, seed=0,
     stages=[Stage("easy", 0.01, 0.0), Stage("medium", 0.02, 0.0)], max_steps=2,
     **(vllm if backend == "vllm" else {}),
@@ -130,7 +130,8 @@ recipe = GRPORecipe(
 assert recipe.bf16, "bf16 is off on this GPU"
 pool = synthetic_attending_rows(60, seed=0, size=112)
 rows = [r for level in ("easy", "medium") for r in [x for x in pool if x["difficulty"] == level][:4]]
-result = train_grpo(recipe, rows, out)
+lora = PolicyModelConfig(model_name_or_path=model, use_peft=True)
+result = train_grpo(recipe, lora, "attending", rows, out)
 record = json.loads(Path(out, "training_run.json").read_text())
 logged = [h for h in record["log_history"] if "step_time" in h]
 print(f"   {result.steps} steps, {result.wall_s:.1f} s; stages {[e['stage'] for e in result.stage_log]}")

@@ -3,7 +3,7 @@ per stage so a test can tell which stage trained."""
 
 TINY_RECIPE = """\
 role: attending
-finetune: full
+use_peft: false
 learning_rate: 1.0e-4
 num_generations: 4
 completions_per_step: 8

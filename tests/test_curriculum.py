@@ -23,7 +23,8 @@ from rl.datasets import (
     synthetic_attending_rows,
     synthetic_triage_rows,
 )
-from rl.grpo_config import PAPER_STAGES, GRPORecipe, Stage
+from rl.grpo import TrainError, parse_args
+from rl.recipe import PAPER_STAGES, GRPORecipe, PolicyModelConfig, Stage
 from rl.rewards import answer_accuracy_value
 from rl.sft import choices, gold_completions, gold_label, warmup_completions
 from rl.simulated import AnswerKey, SimulatedSpecialist, majority_answer, planned_opinions
@@ -111,34 +112,38 @@ def test_no_curriculum_is_one_shuffled_mixed_stage():
 
 
 def test_recipe_defaults_yaml_and_validation(tmp_path):
-    r = GRPORecipe()
-    assert (r.num_generations, r.learning_rate, r.temperature, r.finetune) == (8, 1e-6, 1.0, "lora")
+    r, model = GRPORecipe(), PolicyModelConfig()
+    assert (r.num_generations, r.learning_rate, r.temperature, model.use_peft) == (8, 1e-6, 1.0, True)
     # the paper's curriculum is the attending's; triage trains mixed unless a recipe asks
-    assert (r.curriculum, GRPORecipe(role="triage").curriculum) == (True, False)
-    assert GRPORecipe(role="triage", curriculum=True).curriculum is True
-    assert (r.loss_type, r.use_bias_correction_kl, r.lora_scope) == ("grpo", False, "language_model")
+    assert (r.curriculum_for("attending"), r.curriculum_for("triage")) == (True, False)
+    assert GRPORecipe(curriculum=True).curriculum_for("triage") is True
+    assert (r.loss_type, r.use_bias_correction_kl, model.lora_scope) == ("grpo", False, "language_model")
     assert [(s.name, s.beta, s.gamma) for s in r.stages] == [
         ("easy", 1e-3, 1e-4),
         ("medium", 4e-3, 5e-3),
         ("hard", 1e-2, 3e-2),
     ]
     path = tmp_path / "r.yaml"
-    path.write_text("role: triage\nfinetune: full\nstages:\n  - {name: easy, beta: 0.1, gamma: 0.2}\n")
-    loaded = GRPORecipe.from_yaml(path, learning_rate=5e-4, seed=None)
-    assert (loaded.role, loaded.finetune, loaded.learning_rate) == ("triage", "full", 5e-4)
-    assert loaded.stages == [Stage("easy", 0.1, 0.2)]
+    path.write_text("role: triage\nuse_peft: false\nstages:\n  - {name: easy, beta: 0.1, gamma: 0.2}\n")
+    loaded = parse_args(["--recipe", str(path), "--learning_rate", "5e-4"])
+    assert (loaded.script.role, loaded.model.use_peft, loaded.recipe.learning_rate) == ("triage", False, 5e-4)
+    assert loaded.recipe.stages == [Stage("easy", 0.1, 0.2)]
     path.write_text("lr: 1\n")
-    with pytest.raises(ValueError, match="unknown recipe fields"):
-        GRPORecipe.from_yaml(path)
+    with pytest.raises(TrainError, match="lr"):
+        parse_args(["--recipe", str(path)])
     # any GRPOConfig field stands at the top level, beside the curriculum's (TRL's parser)
     path.write_text("num_iterations: 2\nloss_type: dr_grpo\nnum_generations: 4\ncurriculum: false\n")
-    parsed = GRPORecipe.from_yaml(path)
-    assert (parsed.num_iterations, parsed.loss_type, parsed.num_generations) == (2, "dr_grpo", 4)
-    assert parsed.curriculum is False and parsed.role == "attending"
+    parsed = parse_args(["--recipe", str(path)])
+    assert (parsed.recipe.num_iterations, parsed.recipe.loss_type, parsed.recipe.num_generations) == (
+        2,
+        "dr_grpo",
+        4,
+    )
+    assert parsed.recipe.curriculum is False and parsed.script.role is None
     with pytest.raises(ValueError, match="multiple of"):
         GRPORecipe(completions_per_step=30)
-    with pytest.raises(ValueError, match="finetune"):
-        GRPORecipe(finetune="qlora")
+    with pytest.raises(ValueError, match="lora_scope"):
+        PolicyModelConfig(lora_scope="vision")
 
 
 def test_shipped_recipes_load():
@@ -147,7 +152,8 @@ def test_shipped_recipes_load():
     recipes = sorted(Path("rl/recipes").glob("*.yaml"))
     assert recipes
     for path in recipes:
-        GRPORecipe.from_yaml(path)
+        spec = parse_args(["--recipe", str(path)])
+        assert spec.script.role in ("triage", "attending")
 
 
 def test_triage_rows_use_the_graph_prompt():
@@ -177,7 +183,7 @@ def test_training_dataset_streamed_from_a_generator_is_the_ordered_rows(curricul
     from data.images import image_from_bytes
     from rl.curriculum import ordered_dataset
     from rl.datasets import iter_synthetic_attending_rows
-    from rl.grpo_config import MIXED_STAGE
+    from rl.recipe import MIXED_STAGE
 
     rows = synthetic_attending_rows(20, seed=6, size=56)
     kw = {"batch": 4, "curriculum": curriculum, "mixed_stage": MIXED_STAGE, "seed": 3}
@@ -293,19 +299,17 @@ def test_a_synthetic_attending_run_warms_up_on_cases_of_its_own():
 @pytest.mark.slow  # draws the whole pool of 2,400 cases
 def test_the_cli_warms_a_synthetic_attending_run_up_on_the_pool():
     """``mmedagent train --synthetic N --role attending`` warms up on the pool; other runs on their rows."""
-    from argparse import Namespace
+    from rl.grpo import warmup_rows
 
-    from rl.train import warmup_rows
+    def spec(*args: str):
+        return parse_args([*args, "--seed", str(seed)])
 
     seed = 3
     training = synthetic_attending_rows(150, seed=seed)
-    cli = warmup_rows(Namespace(synthetic=150, role="attending", seed=seed), training)
+    cli = warmup_rows(spec("--role", "attending", "--synthetic", "150"), training)
     first = next(iter_attending_warmup_rows(seed, n=1))
     assert len(cli) == ATTENDING_WARMUP_CASES and cli[0]["images"] == first["images"]
-    for source in (
-        Namespace(synthetic=0, role="attending", seed=seed),
-        Namespace(synthetic=150, role="triage"),
-    ):
+    for source in (spec("--role", "attending", "--from_db"), spec("--role", "triage", "--synthetic", "150")):
         assert warmup_rows(source, training) is training  # logged trajectories, or triage: its rows
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from rl.batching import BatchingError, generation_batch
 from rl.curriculum import cap_plan, order_rows, stage_spans
-from rl.grpo_config import PAPER_STAGES, GRPORecipe
+from rl.grpo import parse_args
+from rl.recipe import PAPER_STAGES
 
 
 def _rows(counts: dict[str, int]) -> list[dict]:
@@ -74,7 +75,7 @@ def test_generation_batch_rejects_batches_that_would_straddle_optimizer_steps():
 
 def test_the_7b_recipe_documents_its_global_batch():
     path = Path("rl/recipes/qwen2.5-vl-7b-attending.yaml")
-    recipe = GRPORecipe.from_yaml(path)
+    recipe = parse_args(["--recipe", str(path)]).recipe
     gen = generation_batch(
         processes=8,  # the launch the recipe documents
         per_device_train_batch_size=recipe.completions_per_step // recipe.gradient_accumulation_steps,

@@ -8,17 +8,13 @@ import json
 import pytest
 import torch
 
+from rl.answer_mask import answer_token_mask
 from rl.datasets import row_images, synthetic_attending_rows
-from rl.grpo import (
-    RUN_FILE,
-    CurriculumGRPOTrainer,
-    answer_token_mask,
-    grpo_config,
-    load_policy_model,
-    train_grpo,
-)
-from rl.grpo_config import GRPORecipe, Stage
+from rl.grpo import RUN_FILE, train_grpo
+from rl.models import load_policy_model, model_init_kwargs
+from rl.recipe import GRPORecipe, PolicyModelConfig, Stage
 from rl.rewards import REWARD_FUNCS
+from rl.trainer import CurriculumGRPOTrainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -34,11 +30,8 @@ def rows():
     ]
 
 
-def _recipe(model, **kw) -> GRPORecipe:
+def _recipe(**kw) -> GRPORecipe:
     base = {
-        "role": "attending",
-        "model": str(model),
-        "finetune": "full",
         "learning_rate": 1e-4,
         "num_generations": 4,
         "completions_per_step": 8,
@@ -51,11 +44,30 @@ def _recipe(model, **kw) -> GRPORecipe:
     return GRPORecipe(**{**base, **kw})
 
 
+def _model(model, **kw) -> PolicyModelConfig:
+    return PolicyModelConfig(**{"model_name_or_path": str(model), "use_peft": False, **kw})
+
+
+def _train(recipe, model, rows, out, **kw):
+    return train_grpo(recipe, model, "attending", rows, out, **kw)
+
+
+def _trainer(recipe, model, dataset, out):
+    return CurriculumGRPOTrainer(
+        model=load_policy_model(model, model_init_kwargs(model, None)),
+        reward_funcs=REWARD_FUNCS["attending"],
+        args=recipe.replace(output_dir=str(out)),
+        train_dataset=dataset,
+        stages=recipe.stages,
+        answer_tokens_only=recipe.policy_tokens == "answer",
+    )
+
+
 @pytest.mark.slow
 def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma(
     tiny_model_dir, rows, tmp_path
 ):
-    result = train_grpo(_recipe(tiny_model_dir, report_to=["tensorboard"]), rows, tmp_path / "run")
+    result = _train(_recipe(report_to=["tensorboard"]), _model(tiny_model_dir), rows, tmp_path / "run")
     assert result.steps == 3
     assert [e["stage"] for e in result.stage_log] == ["easy", "medium", "hard"]
     assert [(e["beta"], e["gamma"]) for e in result.stage_log] == [(0.1, 0.2), (0.3, 0.4), (0.5, 0.6)]
@@ -91,32 +103,24 @@ def test_trainer_sees_easy_then_medium_then_hard_with_each_stages_beta_and_gamma
 
 @pytest.mark.slow
 def test_no_curriculum_trains_one_mixed_stage(tiny_model_dir, rows, tmp_path):
-    recipe = _recipe(tiny_model_dir, curriculum=False, mixed_stage=Stage("mixed", 0.05, 0.07), max_steps=2)
-    result = train_grpo(recipe, rows, tmp_path / "run")
+    recipe = _recipe(curriculum=False, mixed_stage=Stage("mixed", 0.05, 0.07), max_steps=2)
+    result = _train(recipe, _model(tiny_model_dir), rows, tmp_path / "run")
     assert result.steps == 2
     assert {(e["stage"], e["beta"], e["gamma"]) for e in result.stage_log} == {("mixed", 0.05, 0.07)}
     seen = [by for e in result.stage_log for by in e["case_ids"]]
     assert len(set(seen)) == 4  # two steps of two distinct prompts, from a shuffled mix
 
 
-def _entropy_bonus_on_one_batch(recipe, rows, tmp_path, completion: str | None = None):
+def _entropy_bonus_on_one_batch(recipe, model_dir, rows, tmp_path, completion: str | None = None):
     """(γ, loss without γ − loss with γ, per-token entropies, inputs) on one fixed generation batch;
     ``completion`` replaces every sampled completion (teacher forcing)."""
     from rl.curriculum import order_rows
     from rl.datasets import to_dataset
 
     ordered, _ = order_rows([r for r in rows if r["difficulty"] == "easy"], recipe.stages, batch=2)
-    model = load_policy_model(recipe)
+    trainer = _trainer(recipe, _model(model_dir), to_dataset(ordered), tmp_path / "run")
     if completion is not None:  # sharper logits: token entropies then differ from one position to the next
-        model.lm_head.weight.data *= 40
-    trainer = CurriculumGRPOTrainer(
-        model=model,
-        reward_funcs=REWARD_FUNCS["attending"],
-        args=grpo_config(recipe, tmp_path / "run"),
-        train_dataset=to_dataset(ordered),
-        stages=recipe.stages,
-        answer_tokens_only=recipe.policy_tokens == "answer",
-    )
+        trainer.model.lm_head.weight.data *= 40
     batch = next(iter(trainer.get_train_dataloader()))  # one generation batch: 2 prompts × 4
     trainer.model.train()
     inputs = trainer._generate_and_score_completions(batch)
@@ -150,8 +154,8 @@ def _entropy_bonus_on_one_batch(recipe, rows, tmp_path, completion: str | None =
 
 
 def test_entropy_term_changes_the_loss_by_gamma_times_mean_token_entropy(tiny_model_dir, rows, tmp_path):
-    recipe = _recipe(tiny_model_dir, stages=[Stage("easy", 0.0, 0.25)])
-    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(recipe, rows, tmp_path)
+    recipe = _recipe(stages=[Stage("easy", 0.0, 0.25)])
+    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(recipe, tiny_model_dir, rows, tmp_path)
     assert gamma == 0.25  # set from the batch's stage
     mask = inputs["completion_mask"].float()
     mean_entropy = ((entropy * mask).sum() / mask.sum()).item()
@@ -176,11 +180,11 @@ def test_answer_token_mask_marks_the_answer_content_only(tiny_model_dir):
 
 
 def test_answer_tokens_only_puts_the_entropy_term_on_the_answer(tiny_model_dir, rows, tmp_path):
-    recipe = _recipe(
-        tiny_model_dir, stages=[Stage("easy", 0.0, 0.25)], policy_tokens="answer", max_completion_length=16
-    )
+    recipe = _recipe(stages=[Stage("easy", 0.0, 0.25)], policy_tokens="answer", max_completion_length=16)
     forced = "<think>image</think><answer> B</answer>"
-    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(recipe, rows, tmp_path, forced)
+    gamma, change, entropy, inputs = _entropy_bonus_on_one_batch(
+        recipe, tiny_model_dir, rows, tmp_path, forced
+    )
     answer = inputs["answer_mask"]
     assert answer.sum(-1).tolist() == [1.0] * len(answer)  # " B", one token per completion
     on_answer = ((entropy * answer).sum() / answer.sum()).item()
@@ -195,9 +199,8 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
     from app.backends.local import TransformersBackend
     from graph.protocol import ChatRequest, Sampling
 
-    recipe = _recipe(tiny_model_dir, finetune="lora", max_steps=1)
-    assert GRPORecipe().finetune == "lora"
-    result = train_grpo(recipe, rows, tmp_path / "run")
+    assert PolicyModelConfig().use_peft  # LoRA by default (the paper's)
+    result = _train(_recipe(max_steps=1), _model(tiny_model_dir, use_peft=True), rows, tmp_path / "run")
     policy = tmp_path / "run" / "policy"
     assert (policy / "adapter_config.json").is_file() and not (policy / "config.json").exists()
     assert result.serving == (str(tiny_model_dir), str(policy))
@@ -216,13 +219,11 @@ def test_lora_is_the_default_and_its_adapter_serves(tiny_model_dir, rows, tmp_pa
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows, tmp_path):
-    first = train_grpo(_recipe(tiny_model_dir, save_steps=1, max_steps=1), rows, tmp_path / "run")
+    model = _model(tiny_model_dir)
+    first = _train(_recipe(save_steps=1, max_steps=1), model, rows, tmp_path / "run")
     assert first.steps == 1 and (tmp_path / "run" / "checkpoint-1").is_dir()
-    resumed = train_grpo(
-        _recipe(tiny_model_dir, save_steps=1, resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-1")),
-        rows,
-        tmp_path / "run",
-    )
+    checkpoint = str(tmp_path / "run" / "checkpoint-1")
+    resumed = _train(_recipe(save_steps=1), model, rows, tmp_path / "run", resume_from=checkpoint)
     assert resumed.steps == 3
     # the resumed run skipped the easy batch it had already trained on
     assert [e["stage"] for e in resumed.stage_log] == ["medium", "hard"]
@@ -232,13 +233,12 @@ def test_resume_from_checkpoint_continues_where_it_stopped(tiny_model_dir, rows,
 def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows, tmp_path):
     adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
     recipe = _recipe(
-        tiny_model_dir,
         curriculum=False,
         mixed_stage=Stage("mixed", 0.01, 0.01),
         max_steps=2,
         **adaptive,
     )
-    train_grpo(recipe, rows, tmp_path / "run")
+    _train(recipe, _model(tiny_model_dir), rows, tmp_path / "run")
     history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
     # entropy below target at every step: TRL raises the coefficient by delta per step, and the
     # stage's gamma (the starting value) does not reset it
@@ -247,7 +247,7 @@ def test_adaptive_entropy_owns_the_coefficient_when_enabled(tiny_model_dir, rows
 
 def test_adaptive_entropy_starts_each_stage_at_that_stages_gamma(tiny_model_dir, rows, tmp_path):
     adaptive = {"use_adaptive_entropy": True, "entropy_target": 100.0, "entropy_coef_delta": 0.02}
-    train_grpo(_recipe(tiny_model_dir, **adaptive), rows, tmp_path / "run")
+    _train(_recipe(**adaptive), _model(tiny_model_dir), rows, tmp_path / "run")
     history = json.loads((tmp_path / "run" / RUN_FILE).read_text())["log_history"]
     # one step per stage: each starts at its own gamma (0.2, 0.4, 0.6) and TRL's controller adds delta
     assert [round(h["entropy_coef"], 6) for h in history if "entropy_coef" in h] == [0.22, 0.42, 0.62]
@@ -259,15 +259,9 @@ def test_the_configured_loss_type_and_kl_reach_trl(tiny_model_dir, rows, tmp_pat
 
     assert (GRPORecipe().loss_type, GRPORecipe().use_bias_correction_kl) == ("grpo", False)  # the paper's
     for loss_type in ("grpo", "dr_grpo"):
-        recipe = _recipe(tiny_model_dir, loss_type=loss_type)
+        recipe = _recipe(loss_type=loss_type)
         ordered, _ = order_rows(rows, recipe.stages, batch=2)
-        trainer = CurriculumGRPOTrainer(
-            model=load_policy_model(recipe),
-            reward_funcs=REWARD_FUNCS["attending"],
-            args=grpo_config(recipe, tmp_path / loss_type),
-            train_dataset=to_dataset(ordered),
-            stages=recipe.stages,
-        )
+        trainer = _trainer(recipe, _model(tiny_model_dir), to_dataset(ordered), tmp_path / loss_type)
         assert (trainer.loss_type, trainer.args.use_bias_correction_kl) == (loss_type, False)
     with pytest.raises(ValueError, match="loss_type"):
-        _recipe(tiny_model_dir, loss_type="nonsense")
+        _recipe(loss_type="nonsense")

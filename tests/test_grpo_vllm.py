@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from rl.datasets import synthetic_attending_rows
-from rl.grpo_config import GRPORecipe, Stage
+from rl.recipe import GRPORecipe, PolicyModelConfig, Stage
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -26,12 +26,16 @@ VLLM = {
 }
 
 
-def _recipe(model, **kw) -> GRPORecipe:
-    """tests/test_grpo.py's recipe, as the recipes train (LoRA), generating on vLLM."""
+def _recipe(**kw) -> GRPORecipe:
+    """tests/test_grpo.py's recipe, generating on vLLM."""
     from tests.test_grpo import _recipe as base
 
-    lora = {"finetune": "lora", "learning_rate": 1e-3, "max_completion_length": 8, "stages": STAGES}
-    return base(model, **{**lora, **VLLM, **kw})
+    return base(**{"learning_rate": 1e-3, "max_completion_length": 8, "stages": STAGES, **VLLM, **kw})
+
+
+def _lora(model) -> PolicyModelConfig:
+    """LoRA, as the recipes train."""
+    return PolicyModelConfig(model_name_or_path=str(model), use_peft=True)
 
 
 @pytest.fixture(scope="module")
@@ -46,25 +50,14 @@ def rows():
 @pytest.fixture(scope="module")
 def trained(small_model_dir, rows, tmp_path_factory, monkeypatch_module):
     """A LoRA run of four steps on vLLM; what vLLM was asked and what it returned, per generation."""
-    from transformers import AutoProcessor
-
     from rl.curriculum import order_rows
     from rl.datasets import to_dataset
-    from rl.grpo import CurriculumGRPOTrainer, _peft_config, grpo_config, load_policy_model
-    from rl.rewards import REWARD_FUNCS
+    from rl.grpo import build_trainer
 
     monkeypatch_module.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    recipe = _recipe(small_model_dir)
+    recipe = _recipe(output_dir=str(tmp_path_factory.mktemp("vllm_run")))
     ordered, _ = order_rows(rows, recipe.stages, batch=recipe.prompts_per_step)
-    trainer = CurriculumGRPOTrainer(
-        model=load_policy_model(recipe),
-        reward_funcs=REWARD_FUNCS["attending"],
-        args=grpo_config(recipe, tmp_path_factory.mktemp("vllm_run")),
-        train_dataset=to_dataset(ordered),
-        processing_class=AutoProcessor.from_pretrained(recipe.model, padding_side="left"),
-        peft_config=_peft_config(recipe),
-        stages=recipe.stages,
-    )
+    trainer = build_trainer(recipe, _lora(small_model_dir), "attending", to_dataset(ordered), recipe.stages)
     generation = trainer.vllm_generation
     calls: list[dict] = []
     syncs: list[int] = []
@@ -189,7 +182,7 @@ def test_use_vllm_fails_in_one_line_on_a_head_dim_vllms_cpu_cannot_run(tiny_mode
     if not vllm_on_cpu():
         pytest.skip("vLLM runs on a GPU here")
     with pytest.raises(VLLMSetupError, match="head dim 16") as err:
-        train_grpo(_recipe(tiny_model_dir), rows, tmp_path / "run")
+        train_grpo(_recipe(), _lora(tiny_model_dir), "attending", rows, tmp_path / "run")
     assert "\n" not in str(err.value)
     assert not (tmp_path / "run").exists()  # before anything ran
 
@@ -202,13 +195,15 @@ def test_use_vllm_without_vllm_installed_fails_in_one_line(small_model_dir, rows
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # what importlib finds where vLLM is not installed
     with pytest.raises(VLLMSetupError, match="vLLM is not installed") as err:
-        train_grpo(_recipe(small_model_dir), rows, tmp_path / "run")
+        train_grpo(_recipe(), _lora(small_model_dir), "attending", rows, tmp_path / "run")
     assert "\n" not in str(err.value)
     assert isinstance(err.value, ValueError)  # the CLIs print it as one `error:` line
 
 
 def test_the_7b_recipe_generates_with_vllm_colocated():
-    recipe = GRPORecipe.from_yaml("qwen2.5-vl-7b-attending")
+    from rl.grpo import parse_args
+
+    recipe = parse_args(["--recipe", "qwen2.5-vl-7b-attending"]).recipe
     assert recipe.use_vllm and recipe.vllm_mode == "colocate"
     assert recipe.vllm_max_model_length and recipe.vllm_max_model_length > recipe.max_completion_length
     assert 0 < recipe.vllm_gpu_memory_utilization < 1

@@ -13,9 +13,9 @@ import torch
 
 from app.backends.local import TransformersBackend
 from rl.datasets import synthetic_attending_rows, synthetic_triage_rows
-from rl.grpo import RUN_FILE, score_policy, train_grpo
-from rl.grpo_config import GRPORecipe
-from rl.sft import format_warmup, gold_label
+from rl.evaluation import score_policy
+from rl.grpo import RUN_FILE, parse_args, train_grpo
+from rl.sft import format_sft, gold_label
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,18 +40,20 @@ def one_thread():
 
 
 def test_grpo_raises_held_out_triage_accuracy_from_chance(tiny_model_dir, tmp_path, one_thread):
-    recipe = GRPORecipe.from_yaml("rl/recipes/tiny-triage.yaml", max_steps=STEPS, seed=0)
+    from dataclasses import replace
+
+    spec = parse_args(["--recipe", "tiny-triage", "--max_steps", str(STEPS), "--model", str(tiny_model_dir)])
+    recipe = spec.recipe
     rows = synthetic_triage_rows(recipe.prompts_per_step * STEPS, seed=0)
     held = synthetic_triage_rows(140, seed=10_000)
 
-    warm = format_warmup(
-        str(tiny_model_dir), rows, "triage", tmp_path / "warm", steps=WARMUP, progress_bar=False
-    )
+    section = {**recipe.format_sft, "max_steps": WARMUP}  # the recipe's format SFT, shortened
+    warm = format_sft(spec.model, rows, "triage", tmp_path / "warm", section, progress_bar=False)
     before = score_policy(TransformersBackend(str(warm.policy_path)), held, "triage")["all"]
     assert before < 0.25  # near chance (1/7): the warm-up taught the format, not the answer
 
-    recipe.model = str(warm.policy_path)
-    result = train_grpo(recipe, rows, tmp_path / "grpo")
+    start = replace(spec.model, model_name_or_path=str(warm.policy_path))
+    result = train_grpo(recipe, start, "triage", rows, tmp_path / "grpo")
     after = score_policy(TransformersBackend(str(result.policy_path)), held, "triage")["all"]
 
     assert result.stage_log[0]["beta"] > 0  # the KL term is on (the recipe explains gamma = 0)
@@ -85,15 +87,15 @@ def test_attending_trained_by_the_cli_overrules_wrong_specialists_and_is_served(
 
     out = tmp_path / "attending-run"
     train = ["train", "--role", "attending", "--synthetic", str(ATTENDING_ROWS), "--recipe", "tiny-attending"]
-    result = CliRunner().invoke(
-        app, [*train, "--warmup-steps", str(ATTENDING_WARMUP), "--seed", "0", "--out", str(out)]
-    )
+    result = CliRunner().invoke(app, [*train, "--seed", "0", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "registered attending policy version" in result.output
 
-    tokens = GRPORecipe.from_yaml("tiny-attending").max_completion_length
+    recipe = parse_args(["--recipe", "tiny-attending"]).recipe
+    assert recipe.format_sft["max_steps"] == ATTENDING_WARMUP  # the recipe's format SFT ran first
+    tokens = recipe.max_completion_length
     before = score_policy(
-        TransformersBackend(str(out / "warmup" / "policy")), held, "attending", max_new_tokens=tokens
+        TransformersBackend(str(out / "format_sft" / "policy")), held, "attending", max_new_tokens=tokens
     )
     rt = Runtime(Settings(attending={"policy": "latest"}))
     try:

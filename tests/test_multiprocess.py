@@ -27,7 +27,7 @@ RECIPE = TINY_RECIPE
 CASES = 14
 
 
-def test_two_processes_train_one_stage_per_step_and_every_row(tiny_model_dir, tmp_path):
+def test_two_processes_train_one_stage_per_step_and_every_row(tiny_model_dir, tmp_path, monkeypatch):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     out = tmp_path / "run"
@@ -56,3 +56,21 @@ def test_two_processes_train_one_stage_per_step_and_every_row(tiny_model_dir, tm
         trained = {c for e in steps if e["stage"] == level for c in e["case_ids"]}
         assert trained == {r["case_id"] for r in rows if r["difficulty"] == level}, level
     assert (out / "policy" / "config.json").is_file()
+
+    # one command registers the finished run as a policy version the graph can serve
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from data.store import TrajectoryStore
+
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    registered = CliRunner().invoke(app, ["policies", "register", str(out)])
+    assert registered.exit_code == 0, registered.output
+    store = TrajectoryStore(db_url)
+    try:
+        version = store.latest_policy("attending")
+    finally:
+        store.close()
+    assert (version.base_model, version.adapter_path) == (str(out / "policy"), None)  # full fine-tuning
+    assert (version.training_run["world_size"], version.training_run["rows"]) == (2, CASES)

@@ -123,7 +123,7 @@ def test_train_from_an_export_folder_without_curriculum(home, tmp_path, tiny_bac
         rt.close()
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
     out = tmp_path / "tri-run"
-    data = ["--data", str(tmp_path / "export"), "--no-curriculum", "--no-register"]
+    data = ["--data", str(tmp_path / "export"), "--curriculum", "false", "--no-register"]
     result = runner.invoke(
         app,
         ["train", "--role", "triage", *data, "--out", str(out), "--recipe", "tiny.yaml", "--max-steps", "1"],

@@ -1,5 +1,7 @@
-"""The options of a training run (rl/train.py, shared by `mmedagent train` and `python -m rl.grpo`):
-resume on the frozen rows, recipes by name, max_steps cutting the plan, a missing tracker."""
+"""The options of a training run (rl/grpo.py ``parse_args``, shared by `mmedagent train` and
+`python -m rl.grpo`): any field from the recipe or the command line, fields the trainer owns refused,
+from_pretrained arguments reaching the model, resume on the frozen rows, recipes by name, max_steps
+cutting the plan, a missing tracker, registering a finished run."""
 
 from __future__ import annotations
 
@@ -10,9 +12,8 @@ import pytest
 from transformers import TrainerCallback
 
 from rl.datasets import synthetic_attending_rows
-from rl.grpo import RUN_FILE
-from rl.grpo_config import GRPORecipe, recipe_path
-from rl.train import TrainError, build_parser, resume_options, run_training
+from rl.grpo import RUN_FILE, TrainError, parse_args, resume_spec, train
+from rl.recipe import TRAINER_OWNED, recipe_path
 from tests.recipes import TINY_RECIPE
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")]
@@ -46,32 +47,33 @@ def _opts(tmp_path, tiny_model_dir, out: str, *extra: str):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(RECIPE)
     args = ["--role", "attending", "--out", str(tmp_path / out), "--synthetic", "6", "--recipe", str(recipe)]
-    return build_parser("test").parse_args([*args, "--model", str(tiny_model_dir), *extra])
+    return parse_args([*args, "--model", str(tiny_model_dir), *extra])
 
 
 def test_resume_continues_exactly_on_the_frozen_rows(tiny_model_dir, tmp_path, pool):
     rows = _pick(pool, 2)
-    reference = run_training(_opts(tmp_path, tiny_model_dir, "ref"), rows).result
+    reference = train(_opts(tmp_path, tiny_model_dir, "ref"), rows).result
     assert [e["stage"] for e in reference.stage_log] == ["easy", "medium", "hard"]
 
     with pytest.raises(Crash):
-        run_training(_opts(tmp_path, tiny_model_dir, "run"), rows, callbacks=[CrashAfterFirstCheckpoint()])
+        train(_opts(tmp_path, tiny_model_dir, "run"), rows, callbacks=[CrashAfterFirstCheckpoint()])
     assert not (tmp_path / "run" / "policy").exists()
     # the source grew and reordered meanwhile: the run continues on its own rows, in its own order
     grown = _pick(pool, 3, skip=2) + list(reversed(rows))
-    resumed = run_training(resume_options(tmp_path / "run"), grown).result
+    (tmp_path / "recipe.yaml").write_text("edited: after the start\n")  # the run reads its own copy
+    resumed = train(resume_spec(tmp_path / "run"), grown).result
     assert resumed.steps == 3
     assert [e["case_ids"] for e in resumed.stage_log] == [e["case_ids"] for e in reference.stage_log[1:]]
 
     with pytest.raises(TrainError, match="gone from its source"):
         (tmp_path / "run" / "policy").rename(tmp_path / "run" / "done")
-        run_training(resume_options(tmp_path / "run"), grown[:5])
+        train(resume_spec(tmp_path / "run"), grown[:5])
 
 
 def test_max_steps_cuts_the_plan_and_says_so(tiny_model_dir, tmp_path, pool, caplog):
     opts = _opts(tmp_path, tiny_model_dir, "run", "--max-steps", "2")
     with caplog.at_level(logging.INFO, logger="rl"):
-        result = run_training(opts, _pick(pool, 2)).result
+        result = train(opts, _pick(pool, 2)).result
     assert [e["stage"] for e in result.stage_log] == ["easy", "medium"]
     assert result.cut == ["hard: 0 of 1 steps (not trained)"]
     assert "cuts the stage plan: hard: 0 of 1 steps (not trained)" in caplog.text
@@ -82,18 +84,58 @@ def test_max_steps_cuts_the_plan_and_says_so(tiny_model_dir, tmp_path, pool, cap
 
 def test_recipes_by_name_and_a_missing_tracker(tmp_path, monkeypatch):
     assert recipe_path("tiny-attending").name == "tiny-attending.yaml"
-    assert GRPORecipe.from_yaml("tiny-triage").role == "triage"
-    with pytest.raises(FileNotFoundError, match="tiny-attending"):
-        recipe_path("no-such-recipe")
+    assert parse_args(["--recipe", "tiny-triage"]).script.role == "triage"
+    with pytest.raises(TrainError, match="tiny-attending"):
+        parse_args(["--recipe", "no-such-recipe"])
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
-    opts = build_parser("test").parse_args(
-        ["--role", "triage", "--out", str(tmp_path), "--report-to", "wandb"]
+    opts = parse_args(["--role", "triage", "--out", str(tmp_path), "--report-to", "wandb"])
+    with pytest.raises(TrainError, match=r"^report_to wandb: the wandb package is not installed"):
+        train(opts, [])
+
+
+def test_any_field_from_the_recipe_or_the_command_line_which_wins(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "role: attending\nlearning_rate: 1.0e-4\nlora_r: 8\nsynthetic: 5\nformat_sft: {max_steps: 3}\n"
     )
-    with pytest.raises(TrainError, match=r"^--report-to wandb: the wandb package is not installed"):
-        run_training(opts, [])
+    spec = parse_args(["--recipe", str(path), "--lora_r", "4", "--out", str(tmp_path / "o")])
+    assert (spec.recipe.learning_rate, spec.model.lora_r, spec.script.synthetic) == (1e-4, 4, 5)
+    assert spec.recipe.format_sft == {"max_steps": 3} and spec.out == tmp_path / "o"
+    spec = parse_args(["--recipe", str(path), "--format_sft", '{"max_steps": 0}', "--model", "m"])
+    assert spec.recipe.format_sft is None and spec.model.model_name_or_path == "m"
+
+
+@pytest.mark.parametrize("field", sorted(TRAINER_OWNED))
+def test_a_field_the_trainer_sets_is_refused_naming_its_source(tmp_path, field):
+    value = {"save_strategy": "epoch", "shuffle_dataset": "true", "disable_tqdm": "true"}.get(field, "2")
+    path = tmp_path / "r.yaml"
+    path.write_text(f"{field}: {value}\n")
+    for argv in (["--recipe", str(path)], [f"--{field}", value]):
+        with pytest.raises(TrainError) as err:
+            parse_args(argv)
+        assert f"recipe sets {field}: the trainer takes it from {TRAINER_OWNED[field]}" in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_from_pretrained_arguments_reach_the_model(tiny_model_dir, tmp_path, pool):
+    from rl.grpo import build_trainer, plan_stages
+
+    def attention(*extra: str) -> str:
+        spec = parse_args(
+            ["--recipe", str(tmp_path_recipe(tmp_path)), "--model", str(tiny_model_dir), *extra]
+        )
+        plan = plan_stages(spec.recipe.replace(output_dir=str(tmp_path / "o")), "attending", _pick(pool, 1))
+        trainer = build_trainer(plan.args, spec.model, "attending", plan.dataset, plan.stages)
+        return trainer.model.config._attn_implementation
+
+    assert attention() == "sdpa"  # transformers' default
+    assert attention("--attn_implementation", "eager") == "eager"
+    assert attention("--model_init_kwargs", '{"attn_implementation": "eager"}') == "eager"
+    with pytest.raises(ValueError, match="attn_implementation is set twice"):
+        attention("--attn_implementation", "eager", "--model_init_kwargs", '{"attn_implementation": "sdpa"}')
 
 
 def test_clinician_verdicts_label_runs_latest_verdict_wins(settings, store):
@@ -140,12 +182,12 @@ def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
 
     keep = KeepModel()
     recipe = tmp_path / "lora.yaml"
-    recipe.write_text(RECIPE.replace("finetune: full", "finetune: lora").replace("1.0e-4", "0.5"))
-    opts = build_parser("test").parse_args(
+    recipe.write_text(RECIPE.replace("use_peft: false", "use_peft: true").replace("1.0e-4", "0.5"))
+    opts = parse_args(
         ["--role", "attending", "--out", str(tmp_path / "run"), "--synthetic", "6", "--recipe", str(recipe),
          "--model", str(tiny_model_dir), "--max-steps", "1"]
     )  # fmt: skip
-    result = run_training(opts, _pick(pool, 2), callbacks=[keep]).result
+    result = train(opts, _pick(pool, 2), callbacks=[keep]).result
     row = pool[0]
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
     text = processor.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
@@ -160,15 +202,20 @@ def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
     base = logits(AutoModelForImageTextToText.from_pretrained(tiny_model_dir, dtype="float32"))
     assert (trained - base).abs().max() > 1e-4  # the adapter changed the model: the check can fail
 
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    registered = CliRunner().invoke(app, ["policies", "register", str(tmp_path / "run")])
+    assert registered.exit_code == 0, registered.output
+    assert "registered attending policy version 1" in registered.output
+    again = CliRunner().invoke(app, ["policies", "register", str(tmp_path / "run")])
+    assert again.exit_code != 0 and "registered already: attending policy version 1" in again.output
     from data.store import TrajectoryStore
 
-    db_url = f"sqlite:///{tmp_path / 'store.db'}"
     store = TrajectoryStore(db_url)
-    version = store.register_policy(
-        "attending", str(tiny_model_dir), "h", adapter_path=str(result.policy_path)
-    )
+    version = store.latest_policy("attending")
     store.close()
-    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    assert (version.base_model, version.adapter_path) == (str(tiny_model_dir), str(result.policy_path))
+    assert version.training_run["rows"] == 6 and version.training_run["data"] == "synthetic:6"
     merged = CliRunner().invoke(
         app, ["policies", "merge", str(version.id), "--out", str(tmp_path / "merged")]
     )
@@ -185,11 +232,15 @@ def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
 
 def test_eval_rows_are_scored_during_training_by_difficulty(tiny_model_dir, tmp_path, pool):
     from app.backends.local import TransformersBackend
-    from rl.grpo import score_policy, train_grpo
+    from rl.evaluation import score_policy
+    from rl.grpo import train_grpo
 
-    recipe = GRPORecipe.from_yaml(tmp_path_recipe(tmp_path), model=str(tiny_model_dir), eval_steps=2)
+    spec = parse_args(
+        ["--recipe", str(tmp_path_recipe(tmp_path)), "--model", str(tiny_model_dir), "--eval_steps", "2"]
+    )
+    recipe = spec.recipe
     held = _pick(pool, 2, skip=2)
-    result = train_grpo(recipe, _pick(pool, 2), tmp_path / "run", eval_rows=held)
+    result = train_grpo(recipe, spec.model, "attending", _pick(pool, 2), tmp_path / "run", eval_rows=held)
     assert [e["step"] for e in result.eval] == [2, 3]  # every 2 steps, and at the end
     assert set(result.eval[-1]["accuracy"]) == {"all", "easy", "medium", "hard"}
     record = json.loads((tmp_path / "run" / RUN_FILE).read_text())

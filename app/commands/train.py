@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -12,17 +11,17 @@ from rich.table import Table
 
 from app.backends.factory import apply_policy_choices
 from app.commands.common import console, err, fail, load_settings, open_store
-from app.policies import resolve_policy, weights_hash
+from app.policies import RegisterError, register_run, resolve_policy
 from app.tiny_model import ensure_default_model
+from data.schema import PolicyVersion
 from graph.protocol import BackendError
 
 if TYPE_CHECKING:
     from data.store import TrajectoryStore
-    from rl.train import TrainRun
 
 policies_app = typer.Typer(no_args_is_help=True, help="Registered policy versions per role.")
 
-# `mmedagent train` takes the options of rl/train.py's parser (the multi-process launch
+# `mmedagent train` takes the options of rl/grpo.py's parser (the multi-process launch
 # `torchrun -m rl.grpo` reads the same), so typer passes them through unparsed.
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -30,17 +29,21 @@ TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help
 def train(ctx: typer.Context) -> None:
     """GRPO-train a role's policy (curriculum for the attending) and register it as a new version.
 
-    Options: `mmedagent train --help` (the same as `python -m rl.grpo`, plus --register/--no-register).
+    Options: `mmedagent train --help` (the same as `python -m rl.grpo`; --no-register skips the
+    registration). Without --model it starts from what the role serves.
     """
     from rl.datasets import DatasetError
-    from rl.train import TrainError, build_parser, load_rows, resume_options, run_training
+    from rl.grpo import TrainError, check_options, load_rows, parse_args, resume_spec
+    from rl.grpo import train as run_training
 
-    opts = build_parser("mmedagent train", registering=True).parse_args(ctx.args)
-    if opts.resume:
-        try:
-            opts = argparse.Namespace(**{**vars(resume_options(opts.out)), "register": opts.register})
-        except TrainError as exc:
-            fail(str(exc))
+    try:
+        spec = parse_args(ctx.args, prog="mmedagent train")
+        if spec.script.resume:
+            spec = resume_spec(spec.out, register=spec.script.register)
+        check_options(spec)
+    except TrainError as exc:
+        fail(str(exc))
+    role = spec.script.role
     logging.getLogger("rl").setLevel(logging.INFO)  # the stage plan, and what max_steps cut
     settings = load_settings()
     ensure_default_model(settings, announce=err.print)
@@ -50,49 +53,50 @@ def train(ctx: typer.Context) -> None:
             settings, chosen = apply_policy_choices(settings, store)
         except BackendError as exc:
             fail(str(exc))
-        model, adapter = settings.model_for(opts.role), settings.role(opts.role).adapter
-        parent = (
-            None
-            if opts.model
-            else chosen.get(opts.role) or resolve_policy(store, opts.role, model, adapter).id
-        )
+        own_start = bool(spec.model.model_name_or_path)
+        served = (None, None) if own_start else (settings.model_for(role), settings.role(role).adapter)
+        parent = None if own_start else chosen.get(role) or resolve_policy(store, role, *served).id
         try:
-            run = run_training(opts, load_rows(opts, store), model=model, adapter=adapter)
+            run = run_training(spec, load_rows(spec, store), served=served)
         except (TrainError, DatasetError, ValueError) as exc:  # e.g. rows without difficulty
             fail(str(exc))
         result = run.result
         console.print(
-            f"trained {opts.role} policy: {result.policy_path}  ({result.steps} steps, "
+            f"trained {role} policy: {result.policy_path}  ({result.steps} steps, "
             f"{result.wall_s:.0f} s, final reward {result.metrics.get('final_reward', float('nan')):.3f})",
             highlight=False,
         )
-        if opts.register:
-            _register(store, opts, run, parent)
+        if spec.script.register:
+            _announce(register_run(store, result.output_dir, parent))
     finally:
         store.close()
 
 
-def _register(store: TrajectoryStore, opts: argparse.Namespace, run: TrainRun, parent: int | None) -> None:
-    served_model, served_adapter = run.result.serving
-    version = store.register_policy(
-        opts.role,
-        served_model,
-        weights_hash(served_model, served_adapter),
-        adapter_path=served_adapter,
-        parent_id=parent,
-        training_run={
-            **run.result.summary(),
-            "rows": run.rows,
-            "data": run.source,
-            "warmup_steps": opts.warmup_steps,
-            "start": run.start,
-        },
-    )
+def _announce(version: PolicyVersion) -> None:
     console.print(
-        f"registered {opts.role} policy version {version.id} (parent {parent}); "
-        f"serve it with `mmedagent --{opts.role} latest ...`",
+        f"registered {version.role} policy version {version.id} (parent {version.parent_id}); "
+        f"serve it with `mmedagent --{version.role} latest ...`",
         highlight=False,
     )
+
+
+@policies_app.command("register")
+def policies_register(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run's --out (e.g. of torchrun -m rl.grpo)")],
+    parent: Annotated[int | None, typer.Option(help="the version it was trained from")] = None,
+) -> None:
+    """Register a finished training run (its training_run.json) as a new policy version."""
+    store = open_store()
+    try:
+        if parent is not None:
+            _get_policy(store, parent)
+        try:
+            version = register_run(store, run_dir, parent)
+        except RegisterError as exc:
+            fail(str(exc))
+        _announce(version)
+    finally:
+        store.close()
 
 
 def _trained(run: dict) -> str:
@@ -131,7 +135,7 @@ def policies_list(
     console.print(table)
 
 
-def _get_policy(store: TrajectoryStore, version: int):  # -> PolicyVersion
+def _get_policy(store: TrajectoryStore, version: int) -> PolicyVersion:
     policy = store.get_policy(version)
     if policy is None:
         fail(f"no policy version {version} (see `mmedagent policies list`)")
@@ -181,7 +185,7 @@ def policies_merge(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the merged full checkpoint")],
 ) -> None:
     """Fold a version's LoRA adapter into its base model: a full checkpoint for servers without adapters."""
-    from rl.grpo import merge_adapter
+    from rl.models import merge_adapter
 
     store = open_store()
     try:
