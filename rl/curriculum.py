@@ -64,8 +64,8 @@ def _split_levels(difficulties: Sequence[str | None]) -> dict[str, list[int]]:
             groups[level].append(i)
     if missing:
         raise CurriculumError(
-            f"{missing} of {len(difficulties)} rows have no difficulty (no gold-scored specialists); "
-            "train them without curriculum (--no-curriculum)"
+            f"{missing} of {len(difficulties)} rows have no difficulty (no logged specialist opinion "
+            "scored against a gold answer or a verdict); train them without curriculum (--curriculum false)"
         )
     return groups
 
