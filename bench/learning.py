@@ -17,7 +17,11 @@ CI over held-out cases, and the paired difference curriculum - mixed on hard cas
 ``{"triage": {seed: {before, grpo}}}``).
 
 Accuracy is greedy decoding through the serving backend (app/backends/local.py), on held-out cases
-of another seed. Wall times are measured here, on whatever else the machine is running.
+of another seed, scored by rl/evaluation.py (per case, bootstrap intervals; the learning curve
+scores the live policy with ``model_accuracy``). Recipes are read by rl/grpo.py ``parse_args``
+(``--triage-recipe`` / ``--attending-recipe``: a name in rl/recipes/ or a path), GRPO runs by
+``train_grpo`` and the warm-ups and the SFT baseline by rl/sft.py with the recipe's ``format_sft``
+section. Wall times are measured here, on whatever else the machine is running.
 
     .venv/bin/python bench/learning.py [--part triage|attending|all] [--seeds 0 1 2] [--steps N]
         [--methods image-only sft mixed curriculum-no-entropy curriculum] [--json FILE]
@@ -34,7 +38,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +49,32 @@ from transformers import TrainerCallback  # noqa: E402
 
 from app.backends.local import TransformersBackend  # noqa: E402
 from app.tiny_model import build_tiny_model  # noqa: E402
-from graph.protocol import ChatRequest, Completion  # noqa: E402
 from rl.curriculum import order_rows  # noqa: E402
 from rl.datasets import (  # noqa: E402
     iter_attending_warmup_rows,
     synthetic_attending_rows,
     synthetic_triage_rows,
 )
-from rl.grpo import score_policy, train_grpo  # noqa: E402
-from rl.grpo_config import GRPORecipe  # noqa: E402
-from rl.sft import SFTRecipe, format_warmup, gold_completions, train_sft  # noqa: E402
+from rl.evaluation import bootstrap_ci, model_accuracy, per_case, score_policy  # noqa: E402
+from rl.grpo import TrainSpec, parse_args, train_grpo  # noqa: E402
+from rl.sft import format_sft, gold_completions, train_sft  # noqa: E402
 from rl.simulated import majority_answer  # noqa: E402
 
-RECIPES = ROOT / "rl" / "recipes"
-# Format warm-up steps per role. The attending's warm-up must also learn to read the finding's mark
-# and the specialists' majority (rl/sft.py): after 600 steps on its own 2,400 cases its think named
-# the finding of 101 of 103 clear held-out images (seed 0).
-WARMUP_STEPS = {"triage": 200, "attending": 600}
+# The format warm-up per role is the recipe's format_sft section (tiny-triage: 200 steps,
+# tiny-attending: 600). The attending's warm-up must also learn to read the finding's mark and the
+# specialists' majority (rl/sft.py): after 600 steps on its own 2,400 cases its think named the
+# finding of 101 of 103 clear held-out images (seed 0).
 LEVELS = ("easy", "medium", "hard")
+
+
+def read_recipe(recipe: str, seed: int, *extra: str) -> TrainSpec:
+    """A recipe (name or path) as rl/grpo.py's parser reads it, with this seed (and ``extra`` options)."""
+    return parse_args(["--recipe", recipe, "--seed", str(seed), *extra])
+
+
+def starting_from(spec: TrainSpec, model: str) -> Any:
+    """The recipe's model arguments, starting from ``model``."""
+    return dataclasses.replace(spec.model, model_name_or_path=model)
 
 
 def accuracy(model: str, rows: list[dict[str, Any]], role: str) -> dict[str, float]:
@@ -70,57 +82,34 @@ def accuracy(model: str, rows: list[dict[str, Any]], role: str) -> dict[str, flo
 
 
 class HeldOutCurve(TrainerCallback):
-    """Greedy held-out accuracy of the live policy every ``every`` steps (printed: the learning curve)."""
+    """Greedy held-out accuracy of the live policy every ``every`` steps (printed: the learning curve),
+    scored by rl/evaluation.py ``model_accuracy`` with the trainer's processor."""
 
-    def __init__(self, processor: Any, rows: list[dict[str, Any]], role: str, every: int, tokens: int = 24):
-        self.processor, self.rows, self.role, self.every, self.tokens = processor, rows, role, every, tokens
+    def __init__(self, rows: list[dict[str, Any]], role: str, every: int, tokens: int = 24):
+        self.rows, self.role, self.every, self.tokens = rows, role, every, tokens
         self.curve: list[tuple[int, float]] = []
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, processing_class: Any = None, **_: Any
+    ) -> None:
         if self.every and state.global_step % self.every == 0:
-            live = LiveBackend(model, self.processor)
-            acc = score_policy(live, self.rows, self.role, max_new_tokens=self.tokens)["all"]
+            acc = model_accuracy(
+                model, processing_class, self.rows, self.role, max_new_tokens=self.tokens, batch=64
+            )["all"]
             self.curve.append((state.global_step, acc))
             print(f"      step {state.global_step:4d}: held-out {acc:.3f}", flush=True)
-            model.train()
 
 
-class LiveBackend:
-    """ChatBackend on an in-memory model (greedy), for evaluating during training."""
-
-    model_id = "live"
-
-    def __init__(self, model: Any, processor: Any):
-        self.model, self.processor = model, processor
-
-    def generate(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        import torch
-
-        self.model.eval()
-        texts = [
-            self.processor.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-            for r in requests
-        ]
-        images = [im for r in requests for im in r.images]
-        inputs = self.processor(
-            text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"
-        )
-        with torch.no_grad():
-            out = self.model.generate(
-                **inputs, max_new_tokens=requests[0].sampling.max_new_tokens, do_sample=False
-            )
-        decoded = self.processor.batch_decode(
-            out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        return [Completion(text=t, model_id=self.model_id) for t in decoded]
-
-
-def warmup_key(base: Path, rows: list[dict[str, Any]], role: str, steps: int, seed: int) -> str:
+def warmup_key(
+    base: Path, rows: list[dict[str, Any]], role: str, section: Mapping[str, Any], seed: int
+) -> str:
     """What a warm-up checkpoint is made from, hashed: the tiny base's files, the rows (prompts,
-    images, answers, what their evidence shows) and the run's settings. A cached warm-up is reused
-    only under the same key, so one made from an older clinic or checkpoint is never mistaken for
-    this one. (Changes to the SFT code itself are not in the key: clear the cache after them.)"""
-    digest = hashlib.sha256(json.dumps({"role": role, "steps": steps, "seed": seed}).encode())
+    images, answers, what their evidence shows) and the run's settings (the recipe's format_sft
+    section as run: steps, learning rate, batch, ...). A cached warm-up is reused only under the
+    same key, so one made from an older clinic, checkpoint or section is never mistaken for this
+    one. (Changes to the SFT code itself are not in the key: clear the cache after them.)"""
+    settings = {"role": role, "section": dict(section), "seed": seed}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for f in sorted(base.iterdir()):
         digest.update(f.name.encode() + f.read_bytes())
     for row in rows:
@@ -130,42 +119,67 @@ def warmup_key(base: Path, rows: list[dict[str, Any]], role: str, steps: int, se
 
 
 def warm_start(
-    base_seed: int, rows: list[dict[str, Any]], role: str, work: Path, args: argparse.Namespace
+    spec: TrainSpec,
+    base_seed: int,
+    rows: list[dict[str, Any]],
+    role: str,
+    work: Path,
+    args: argparse.Namespace,
 ) -> tuple[str, float, int]:
-    """The format warm-up checkpoint for (role, seed), reused from ``--cache`` when made from the
-    same base, rows and settings (``warmup_key``)."""
-    steps = args.warmup or WARMUP_STEPS[role]
+    """The format warm-up checkpoint for (role, seed): rl/sft.py ``format_sft`` with the recipe's
+    format_sft section (``--warmup``: its steps), reused from ``--cache`` when made from the same
+    base, rows and settings (``warmup_key``)."""
+    if not spec.recipe.format_sft:
+        raise SystemExit(f"the {role} recipe has no format_sft section: bench/learning.py needs a warm-up")
+    section = {**spec.recipe.format_sft, "max_steps": args.warmup or spec.recipe.format_sft["max_steps"]}
+    steps = int(section["max_steps"])
     base = build_tiny_model(work / "base", seed=base_seed)
-    key = warmup_key(base, rows, role, steps, base_seed)
+    key = warmup_key(base, rows, role, section, base_seed)
     root = (args.cache / f"{role}-{base_seed}-warmup{steps}-{key}") if args.cache else work
     policy = root / "warmup" / "policy"
     if (policy / "config.json").is_file():
         return str(policy), 0.0, steps
     t0 = time.perf_counter()
-    warm = format_warmup(
-        str(base), rows, role, root / "warmup", steps=steps, seed=base_seed, progress_bar=False
-    )
+    warm = format_sft(
+        starting_from(spec, str(base)), rows, role, root / "warmup", section,
+        init_kwargs=spec.recipe.model_init_kwargs, seed=base_seed, progress_bar=False,
+    )  # fmt: skip
     return str(warm.policy_path), time.perf_counter() - t0, warm.steps
 
 
-def triage(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from transformers import AutoProcessor
+def gold_sft(
+    spec: TrainSpec, warm: str, rows: list[dict[str, Any]], role: str, steps: int, out: Path, seed: int
+) -> Any:
+    """The SFT baseline: gold labels from the warm-up, the recipe's format_sft section for ``steps``."""
+    section = {**spec.recipe.format_sft, "max_steps": steps}
+    return train_sft(
+        starting_from(spec, warm), gold_completions(rows, role), out, section,
+        init_kwargs=spec.recipe.model_init_kwargs, seed=seed, progress_bar=False,
+    )  # fmt: skip
 
-    recipe = GRPORecipe.from_yaml(args.triage_recipe, seed=seed, max_steps=args.steps)
+
+def sft_batch(spec: TrainSpec) -> int:
+    """Rows per SFT step under the recipe's format_sft section."""
+    section = spec.recipe.format_sft
+    return int(section.get("per_device_train_batch_size", 8)) * int(
+        section.get("gradient_accumulation_steps", 1)
+    )
+
+
+def triage(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    steps = ["--max_steps", str(args.steps)] if args.steps is not None else []
+    spec = read_recipe(args.triage_recipe, seed, *steps)
+    recipe = spec.recipe
     rows = synthetic_triage_rows(recipe.prompts_per_step * recipe.max_steps, seed=seed)
     held = synthetic_triage_rows(args.heldout, seed=10_000 + seed)
-    warm, warm_s, warm_steps = warm_start(seed, rows, "triage", work, args)
+    warm, warm_s, warm_steps = warm_start(spec, seed, rows, "triage", work, args)
     before = accuracy(warm, held, "triage")
-    recipe.model = warm
-    curve = HeldOutCurve(
-        AutoProcessor.from_pretrained(warm), held[: args.heldout // 2], "triage", args.eval_every
-    )
-    grpo = train_grpo(recipe, rows, work / "grpo", callbacks=[curve])
+    curve = HeldOutCurve(held[: args.heldout // 2], "triage", args.eval_every)
+    grpo = train_grpo(recipe, starting_from(spec, warm), "triage", rows, work / "grpo", callbacks=[curve])
     after = accuracy(str(grpo.policy_path), held, "triage")
     sft_acc, sft_steps, sft_s = {"all": float("nan")}, 0, 0.0
     if not args.skip_sft:
-        sft = train_sft(SFTRecipe(warm, steps=max(1, len(rows) // 16), seed=seed, progress_bar=False),
-                        gold_completions(rows, "triage"), work / "sft")  # fmt: skip
+        sft = gold_sft(spec, warm, rows, "triage", max(1, len(rows) // sft_batch(spec)), work / "sft", seed)
         sft_acc, sft_steps, sft_s = accuracy(str(sft.policy_path), held, "triage"), sft.steps, sft.wall_s
     return {
         "seed": seed, "before": before["all"], "grpo": after["all"], "grpo_steps": grpo.steps,
@@ -186,21 +200,9 @@ ATTENDING_METHODS = (
 )
 
 
-def per_case(backend: Any, rows: list[dict[str, Any]], max_new_tokens: int, batch: int = 64) -> list[float]:
-    """1.0 / 0.0 per held-out row: does the greedy answer name the gold option?"""
-    from graph.protocol import Sampling
-    from rl.datasets import row_images
-    from rl.rewards import answer_accuracy_value
-
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=0.0)
-    right: list[float] = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start : start + batch]
-        done = backend.generate([ChatRequest(r["prompt"], row_images(r), sampling) for r in chunk])
-        right += [
-            answer_accuracy_value(c.text, r["answer"], r["options"]) for r, c in zip(chunk, done, strict=True)
-        ]
-    return right
+def attending_per_case(model: str, rows: list[dict[str, Any]], tokens: int) -> list[float]:
+    """1.0 / 0.0 per held-out row: does the served model's greedy answer name the gold option?"""
+    return per_case(TransformersBackend(model), rows, "attending", max_new_tokens=tokens)
 
 
 def majority_per_case(rows: list[dict[str, Any]]) -> list[float]:
@@ -225,44 +227,33 @@ def group_of(row: dict[str, Any], group: str) -> bool:
     return group == "all" or group in (row["difficulty"], row["clarity"])
 
 
-def bootstrap(values: list[float], rng: Any, n: int = 2000) -> tuple[float, float, float]:
-    """Mean and its 95% percentile-bootstrap interval over cases."""
-    import numpy as np
-
-    v = np.asarray(values, dtype=float)
-    if not len(v):
-        return float("nan"), float("nan"), float("nan")
-    means = v[rng.integers(0, len(v), size=(n, len(v)))].mean(axis=1)
-    return float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def summarise(
     right: list[float], rows: list[dict[str, Any]], seed: int
 ) -> dict[str, tuple[float, float, float]]:
+    """Each group's mean and 95% bootstrap CI; one generator, drawn from group after group."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     return {
-        g: bootstrap([x for x, r in zip(right, rows, strict=True) if group_of(r, g)], rng) for g in GROUPS
+        g: bootstrap_ci([x for x, r in zip(right, rows, strict=True) if group_of(r, g)], rng) for g in GROUPS
     }
 
 
 def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Every method's per-case held-out correctness for one seed, with steps, completions and wall time."""
-    from transformers import AutoProcessor
-
-    paper = GRPORecipe.from_yaml(args.attending_recipe, seed=seed)
+    spec = read_recipe(args.attending_recipe, seed)
+    paper = spec.recipe
     rows = synthetic_attending_rows(args.attending_rows, seed=seed)
     held = synthetic_attending_rows(args.heldout, seed=10_000 + seed)
     warmup = list(iter_attending_warmup_rows(seed))  # the clinic's own warm-up cases, as the CLI's
-    warm, warm_s, warm_steps = warm_start(seed, warmup, "attending", work, args)
+    warm, warm_s, warm_steps = warm_start(spec, seed, warmup, "attending", work, args)
     tokens = paper.max_completion_length
     out: dict[str, Any] = {
         "rows": held, "warm_s": warm_s, "warm_steps": warm_steps,
         "chance": ([1 / len(r["options"]) for r in held], 0, 0, 0.0),
         "majority": (majority_per_case(held), 0, 0, 0.0),
         "ceiling": (ceiling_per_case(held), 0, 0, 0.0),
-        "before": (per_case(TransformersBackend(warm), held, tokens), 0, 0, 0.0),
+        "before": (attending_per_case(warm, held, tokens), 0, 0, 0.0),
     }  # fmt: skip
     # Every GRPO variant makes the curriculum's number of steps, so the same number of generated
     # completions: the mixed stage makes as many passes over all rows as the curriculum's stages
@@ -277,29 +268,30 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "curriculum-no-entropy": ({"stages": no_entropy}, True),
         "curriculum": ({}, True),
     }
-    processor = AutoProcessor.from_pretrained(warm)
     for name in args.methods:
         if name in variants:
             change, with_opinions = variants[name]
-            recipe = GRPORecipe(**{**paper.to_dict(), **change, "model": warm, "max_steps": steps})
+            recipe = paper.replace(**change, max_steps=steps)
             train = rows if with_opinions else synthetic_attending_rows(len(rows), seed=seed, opinions=False)
             test = (
                 held
                 if with_opinions
                 else synthetic_attending_rows(len(held), seed=10_000 + seed, opinions=False)
             )
-            curve = HeldOutCurve(processor, test[: len(test) // 2], "attending", args.eval_every, tokens)
-            run = train_grpo(recipe, train, work / name, callbacks=[curve] if args.eval_every else [])
+            curve = HeldOutCurve(test[: len(test) // 2], "attending", args.eval_every, tokens)
+            run = train_grpo(
+                recipe, starting_from(spec, warm), "attending", train, work / name,
+                callbacks=[curve] if args.eval_every else [],
+            )  # fmt: skip
             completions = run.steps * recipe.completions_per_step
-            right = per_case(TransformersBackend(str(run.policy_path)), test, tokens)
+            right = attending_per_case(str(run.policy_path), test, tokens)
             out[name] = (right, run.steps, completions, run.wall_s)
         elif name == "sft":
             epochs = sum(s.epochs for s in paper.stages) / len(paper.stages)
-            sft_steps = max(1, round(len(rows) * epochs / 16))
-            sft = train_sft(SFTRecipe(warm, steps=sft_steps, seed=seed, progress_bar=False),
-                            gold_completions(rows, "attending"), work / "sft")  # fmt: skip
+            sft_steps = max(1, round(len(rows) * epochs / sft_batch(spec)))
+            sft = gold_sft(spec, warm, rows, "attending", sft_steps, work / "sft", seed)
             out["sft"] = (
-                per_case(TransformersBackend(str(sft.policy_path)), held, tokens),
+                attending_per_case(str(sft.policy_path), held, tokens),
                 sft.steps,
                 0,
                 sft.wall_s,
@@ -327,7 +319,7 @@ def print_attending(seed: int, result: dict[str, Any], report: dict[str, Any]) -
     if "curriculum" in result and "mixed" in result:
         hard = [i for i, r in enumerate(held) if r["difficulty"] == "hard"]
         diff = [result["curriculum"][0][i] - result["mixed"][0][i] for i in hard]
-        mean, lo, hi = bootstrap(diff, np.random.default_rng(seed + 1))
+        mean, lo, hi = bootstrap_ci(diff, np.random.default_rng(seed + 1))
         print(f"{seed:4d}  curriculum - mixed on hard cases (paired, n={len(hard)}): "
               f"{mean:+.3f} [{lo:+.3f},{hi:+.3f}]", flush=True)  # fmt: skip
 
@@ -341,13 +333,15 @@ def main() -> None:
         "--warmup",
         type=int,
         default=None,
-        help="format warm-up SFT steps (default: triage 200, attending 600)",
+        help="format warm-up SFT steps (default: the recipe's format_sft max_steps; tiny: 200 / 600)",
     )
     ap.add_argument("--heldout", type=int, default=140, help="held-out cases per evaluation")
     ap.add_argument("--attending-rows", type=int, default=384, help="attending training cases")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--triage-recipe", type=Path, default=RECIPES / "tiny-triage.yaml")
-    ap.add_argument("--attending-recipe", type=Path, default=RECIPES / "tiny-attending.yaml")
+    ap.add_argument("--triage-recipe", default="tiny-triage", help="a recipe name in rl/recipes/ or a path")
+    ap.add_argument(
+        "--attending-recipe", default="tiny-attending", help="a recipe name in rl/recipes/ or a path"
+    )
     ap.add_argument("--skip-sft", action="store_true", help="GRPO only (quicker)")
     ap.add_argument("--eval-every", type=int, default=100, help="held-out curve every N GRPO steps (0: off)")
     ap.add_argument(

@@ -1,6 +1,7 @@
 """Training benchmark: the curriculum trainer's overhead per step, and the memory of preparing rows.
 
-(a) One GRPO step of rl/grpo.py's CurriculumGRPOTrainer against plain ``trl.GRPOTrainer`` on the
+(a) One GRPO step of rl/trainer.py's CurriculumGRPOTrainer, built as a run builds it
+    (rl/grpo.py ``plan_stages`` and ``build_trainer``), against plain ``trl.GRPOTrainer`` on the
     tiny checkpoint: the same rows (one stage), config and seed, so both generate the same batch.
     Each trains ``--steps`` steps; the median of TRL's own ``step_time`` over the steps after the
     first is compared (ratio curriculum / plain; target <= 1.05).
@@ -14,7 +15,8 @@
 
 (c) One GRPO step generating with TRL's colocated vLLM engine (``use_vllm``; on CPU through
     rl/vllm_sync.py's weight sync) against transformers' ``generate``: the 14M checkpoint (the
-    smallest vLLM's CPU attention runs), the same LoRA recipe, rows and seed; each run in a process
+    smallest vLLM's CPU attention runs), the same LoRA recipe, rows and seed, the trainer built by
+    rl/grpo.py ``build_trainer``; each run in a process
     of its own, one thread. The median of TRL's ``step_time`` (generation, weight sync and the
     update) over the steps after the first is compared (ratio vLLM / transformers).
 
@@ -45,7 +47,7 @@ def prepare(n: int) -> None:
 
     from rl.curriculum import ordered_dataset
     from rl.datasets import synthetic_attending_rows
-    from rl.grpo_config import PAPER_STAGES
+    from rl.recipe import PAPER_STAGES
 
     if n:
         base = synthetic_attending_rows(min(n, DISTINCT), seed=0)
@@ -78,29 +80,34 @@ def _child(n: int) -> dict:
 
 
 def step_times(curriculum: bool, model: str, rows: list, work: Path, steps: int) -> list[float]:
-    """TRL's ``step_time`` of each step of a short run."""
+    """TRL's ``step_time`` of each step of a short run. Both arms train on the rows as a run orders
+    them (rl/grpo.py ``plan_stages``: one stage) under the plan's config; the curriculum arm's trainer
+    is the run's own (``build_trainer``), the plain arm is ``trl.GRPOTrainer`` with the stage's β
+    and γ set in its config."""
     from trl import GRPOTrainer
 
-    from rl.curriculum import order_rows
-    from rl.datasets import to_dataset
-    from rl.grpo import CurriculumGRPOTrainer, grpo_config, load_policy_model
-    from rl.grpo_config import GRPORecipe, Stage
+    from rl.grpo import build_trainer, plan_stages
+    from rl.models import load_policy_model, model_init_kwargs
+    from rl.recipe import GRPORecipe, PolicyModelConfig, Stage
     from rl.rewards import REWARD_FUNCS
 
     stage = Stage("easy", beta=0.04, gamma=0.0)
     recipe = GRPORecipe(
-        role="attending", model=model, finetune="full", learning_rate=1e-4, num_generations=8,
-        completions_per_step=32, max_completion_length=24, stages=[stage], max_steps=steps,
-        logging_steps=1, progress_bar=False, seed=0,
+        learning_rate=1e-4, num_generations=8, completions_per_step=32, max_completion_length=24,
+        stages=[stage], max_steps=steps, logging_steps=1, progress_bar=False, seed=0,
+        output_dir=str(work / ("curriculum" if curriculum else "plain")),
     )  # fmt: skip
-    ordered, _ = order_rows(rows, [stage], batch=recipe.prompts_per_step, seed=0)
-    args = grpo_config(recipe, work / ("curriculum" if curriculum else "plain"))
-    args.beta, args.entropy_coef = stage.beta, stage.gamma
-    common = {"model": load_policy_model(recipe), "reward_funcs": REWARD_FUNCS["attending"], "args": args}
+    model_args = PolicyModelConfig(model_name_or_path=model, use_peft=False)
+    plan = plan_stages(recipe, "attending", rows)
     if curriculum:
-        trainer = CurriculumGRPOTrainer(**common, train_dataset=to_dataset(ordered), stages=[stage])
+        trainer = build_trainer(plan.args, model_args, "attending", plan.dataset, plan.stages)
     else:
-        trainer = GRPOTrainer(**common, train_dataset=to_dataset([{**r} for r in ordered]))
+        args = plan.args
+        args.beta, args.entropy_coef = stage.beta, stage.gamma
+        trainer = GRPOTrainer(
+            model=load_policy_model(model_args, model_init_kwargs(model_args, args.model_init_kwargs)),
+            reward_funcs=REWARD_FUNCS["attending"], args=args, train_dataset=plan.dataset,
+        )  # fmt: skip
     trainer.train()
     return [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
 
@@ -178,29 +185,23 @@ def generation_child(backend: str, model: str, steps: int) -> None:
 
     import torch
 
-    from rl.curriculum import order_rows
-    from rl.datasets import synthetic_attending_rows, to_dataset
-    from rl.grpo import CurriculumGRPOTrainer, _peft_config, grpo_config, load_policy_model
-    from rl.grpo_config import GRPORecipe, Stage
-    from rl.rewards import REWARD_FUNCS
+    from rl.datasets import synthetic_attending_rows
+    from rl.grpo import build_trainer, plan_stages
+    from rl.recipe import GRPORecipe, PolicyModelConfig, Stage
 
     logging.disable(logging.WARNING)
     torch.set_num_threads(1)
     stage = Stage("easy", beta=0.04, gamma=0.0)
     vllm = {"use_vllm": True, "vllm_mode": "colocate", "vllm_max_model_length": 1024}
-    recipe = GRPORecipe(
-        role="attending", model=model, finetune="lora", learning_rate=1e-4, stages=[stage],
-        max_steps=steps, logging_steps=1, progress_bar=False, seed=0, **VLLM_BENCH,
-        **(vllm if backend == "vllm" else {}),
-    )  # fmt: skip
     rows = [r for r in synthetic_attending_rows(120, seed=0, size=56) if r["difficulty"] == "easy"]
-    ordered, _ = order_rows(rows, [stage], batch=recipe.prompts_per_step, seed=0)
+    model_args = PolicyModelConfig(model_name_or_path=model)  # LoRA (the default)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = CurriculumGRPOTrainer(
-            model=load_policy_model(recipe), reward_funcs=REWARD_FUNCS["attending"],
-            args=grpo_config(recipe, Path(tmp)), train_dataset=to_dataset(ordered),
-            peft_config=_peft_config(recipe), stages=[stage],
+        recipe = GRPORecipe(
+            learning_rate=1e-4, stages=[stage], max_steps=steps, logging_steps=1, progress_bar=False,
+            seed=0, output_dir=tmp, **VLLM_BENCH, **(vllm if backend == "vllm" else {}),
         )  # fmt: skip
+        plan = plan_stages(recipe, "attending", rows)
+        trainer = build_trainer(plan.args, model_args, "attending", plan.dataset, plan.stages)
         trainer.train()
     times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h]
     print(json.dumps({"backend": backend, "step_time": times}))
