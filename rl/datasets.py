@@ -368,13 +368,14 @@ def as_table(rows: Iterable[Row] | Any) -> Any:
     return rows if isinstance(rows, Dataset) else write_rows(rows)
 
 
-def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
+def write_rows(rows: Iterable[Row], *, batch: int = 512, folder: Path | None = None) -> Any:
     """``rows`` (any iterable: a generator keeps them out of memory) as a memory-mapped table.
 
-    The rows are written ``batch`` at a time to an Arrow file in a temporary folder (removed with
-    the table) and memory-mapped, never held together in memory (``Dataset.from_list`` held
-    several copies: +350 MiB for 5,000 attending rows); images stay their stored bytes. Reading
-    a row gives it back as written; :func:`to_dataset` adds the decoding the trainers need.
+    The rows are written ``batch`` at a time to an Arrow file in ``folder`` (a new temporary one by
+    default; removed with the table) and memory-mapped, never held together in memory
+    (``Dataset.from_list`` held several copies: +350 MiB for 5,000 attending rows); images stay
+    their stored bytes. Reading a row gives it back as written; :func:`to_dataset` adds the
+    decoding the trainers need. :func:`read_rows` opens the table of ``folder`` in another process.
     """
     import itertools
 
@@ -388,7 +389,7 @@ def write_rows(rows: Iterable[Row], *, batch: int = 512) -> Any:
     for name, feature in features.items():
         if feature == Value("null"):  # None in every sampled row (e.g. no difficulty): text
             features[name] = Value("string")
-    file = _ArrowFile(features, batch)
+    file = _ArrowFile(features, batch, folder)
     with file as writer:
         for row in itertools.chain(head, it):
             writer.write(row)
@@ -420,17 +421,33 @@ def _decode_staged(batch: dict[str, list[Any]], *, stage: str | None) -> dict[st
     return batch if "stage" in batch else {**batch, "stage": list(batch["difficulty"])}
 
 
+ROWS_FILE = "rows.arrow"
+
+
+def read_rows(folder: Path) -> Any:
+    """The table :func:`write_rows` wrote into ``folder`` (by another process), memory-mapped."""
+    from datasets import Dataset
+
+    return Dataset.from_file(str(folder / ROWS_FILE))
+
+
 class _ArrowFile:
     """A context: an ArrowWriter to a temporary file; ``dataset`` is that file memory-mapped once
     written (the folder goes with the dataset, or at once on an error)."""
 
-    def __init__(self, features: Any, batch: int):
+    def __init__(self, features: Any, batch: int, folder: Path | None):
+        import shutil
         import tempfile
 
         from datasets.arrow_writer import ArrowWriter
 
-        self.folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
-        self.path = str(Path(self.folder) / "rows.arrow")
+        if folder is None:
+            self.folder = tempfile.mkdtemp(prefix="mmedagent-rows-")
+        else:
+            shutil.rmtree(folder, True)  # what an earlier, crashed launch left
+            folder.mkdir(parents=True)
+            self.folder = str(folder)
+        self.path = str(Path(self.folder) / ROWS_FILE)
         self.writer = ArrowWriter(features=features, path=self.path, writer_batch_size=batch)
         self.dataset: Any = None
 

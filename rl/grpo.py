@@ -43,8 +43,8 @@ from rl.datasets import (
     iter_rows_from_store,
     iter_synthetic_attending_rows,
     iter_synthetic_triage_rows,
-    write_rows,
 )
+from rl.processes import check_sharding, host_table, run_state
 from rl.recipe import GRPORecipe, PolicyModelConfig, recipe_path
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ def load_rows(spec: TrainSpec, store: TrajectoryStore | None = None) -> Any:
     else:
         make = iter_synthetic_triage_rows if script.role == "triage" else iter_synthetic_attending_rows
         rows = make(script.synthetic, seed=spec.recipe.seed)
-    table = write_rows(rows)
+    table = host_table(rows, "rows", spec.out)
     if not len(table):
         raise TrainError(f"no usable {script.role} rows (runs need a label and stored pixels)")
     return table
@@ -214,12 +214,10 @@ def train(
 def prepare_start(spec: TrainSpec, table: Any, served: tuple[str | None, str | None]) -> str:
     """The model GRPO starts from: the model arguments', else the served one with its adapter merged
     in; then the recipe's format SFT. The plan (options, start, row keys) is written first."""
-    from accelerate import PartialState
-
     from rl.models import merge_adapter
     from rl.sft import format_sft
 
-    state, out = PartialState(), spec.out
+    state, out = run_state(), spec.out
     start = spec.model.model_name_or_path or served[0]
     if not start:
         raise TrainError(
@@ -268,7 +266,7 @@ def warmup_rows(spec: TrainSpec, table: Any) -> Any:
     (:func:`iter_attending_warmup_rows`: reading learned, not the training rows by heart), else
     the training rows."""
     if spec.script.synthetic and spec.script.role == "attending":
-        return write_rows(iter_attending_warmup_rows(spec.recipe.seed))
+        return host_table(iter_attending_warmup_rows(spec.recipe.seed), "warmup", spec.out)
     return table
 
 
@@ -398,6 +396,7 @@ def train_grpo(
     out = Path(output_dir)
     plan = plan_stages(recipe.replace(output_dir=str(out)), role, rows)
     trainer = build_trainer(plan.args, model_args, role, plan.dataset, plan.stages, callbacks)
+    check_sharding(trainer)
     scorer = _add_eval(trainer, eval_rows, role, recipe)
     if resume_from:  # the stage the checkpoint's last step trained
         trainer.resume_in_stage(plan.stage_at(int(Path(resume_from).name.rsplit("-", 1)[-1])))

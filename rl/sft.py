@@ -161,9 +161,10 @@ def train_sft(
     """Fine-tune on prompt-completion rows (loss on the completion only), fully or with LoRA
     (``section["use_peft"]``, else the model arguments'), and save a whole checkpoint with its
     processor: a LoRA adapter is merged in (main process)."""
-    from accelerate import PartialState
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTTrainer
+
+    from rl.processes import run_state
 
     out = Path(output_dir)
     args = sft_config(section, out, seed=seed, progress_bar=progress_bar)
@@ -182,14 +183,15 @@ def train_sft(
     trainer.train()
     wall = time.perf_counter() - started
     policy = out / "policy"
+    state = run_state()
     if lora:
-        if PartialState().is_main_process:
+        if state.is_main_process:
             trainer.model.merge_and_unload().save_pretrained(policy)
     else:
         trainer.save_model(str(policy))  # the main process writes
-    if PartialState().is_main_process:
+    if state.is_main_process:
         processor.save_pretrained(policy)
-    PartialState().wait_for_everyone()
+    state.wait_for_everyone()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return SFTResult(policy, trainer.state.global_step, wall, float(losses[-1]) if losses else None)
 
@@ -205,12 +207,12 @@ def format_sft(
     """The format SFT: random labels (:func:`warmup_completions`), enough for the section's steps on
     every process, trained by :func:`train_sft` (``options``: its keyword arguments). Teaches the
     format (and an even spread over the choices), not the task."""
-    from accelerate import PartialState
+    from rl.processes import run_state
 
     steps = int(section["max_steps"])
     per_step = int(section.get("per_device_train_batch_size", 8)) * int(
         section.get("gradient_accumulation_steps", 1)
     )
-    n = steps * per_step * PartialState().num_processes
+    n = steps * per_step * run_state().num_processes
     sft_rows = warmup_completions(rows, role, n, seed=options.get("seed", 0))
     return train_sft(model_args, sft_rows, output_dir, section, **options)

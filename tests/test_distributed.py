@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from rl.grpo import RUN_FILE
+from tests.recipes import TINY_RECIPE
 
 pytestmark = [
     pytest.mark.slow,
@@ -37,22 +38,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 ACCELERATE = ROOT / "rl" / "accelerate"
 CASES = 14
-# One GRPO step of the tiny checkpoint, full fine-tuning (the frozen reference model is sharded too).
-RECIPE = """\
-role: attending
-finetune: full
-learning_rate: 1.0e-4
-num_generations: 4
-completions_per_step: 8
-max_completion_length: 6
-logging_steps: 1
-progress_bar: false
-max_steps: 1
-stages:
-  - {name: easy, beta: 0.1, gamma: 0.2}
-  - {name: medium, beta: 0.3, gamma: 0.4}
-  - {name: hard, beta: 0.5, gamma: 0.6}
-"""
+RECIPE = TINY_RECIPE + "max_steps: 1\n"  # one GRPO step; full fine-tuning shards the reference too
 
 
 def _base_env(**extra: str) -> dict[str, str]:
@@ -223,18 +209,13 @@ def test_two_hosts_train_and_save_once(two_hosts):
     record = json.loads((out / RUN_FILE).read_text())
     assert (record["world_size"], record["steps"], record["global_batch"]) == (world, 1, world * 8)
     assert [e["stage_by_rank"] for e in record["per_step"]] == [[record["per_step"][0]["stage"]] * world]
-    assert sorted(p.name for p in out.iterdir()) == ["policy", "run_plan.json", RUN_FILE]
+    assert sorted(p.name for p in out.iterdir()) == ["policy", "recipe.yaml", "run_plan.json", RUN_FILE]
     gathered = two_hosts["probe"] / "gathered.safetensors"
     _assert_policy_is_gathered_state(out / "policy", gathered, two_hosts["start"])
     for host in two_hosts["hosts"]:  # nothing of the run under a host's HOME but its temporary folder
         assert not any(p.name.startswith(("policy", "checkpoint-")) for p in host["home"].rglob("*"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rl/train.py load_rows writes the rows' Arrow table on every process (rl/datasets.write_rows): "
-    "one copy per process on each host, not one per host (docs/training-at-scale.md, rule 3)",
-)
 def test_two_hosts_prepare_the_rows_once_per_host(two_hosts):
     """Each host's local main process writes the rows' table once into that host's TMPDIR and the
     host's other processes read it: at most one table per host, none on another host."""
