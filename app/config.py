@@ -2,11 +2,14 @@
 
 Env vars use the prefix ``MMEDAGENT_`` and ``__`` for nesting, e.g.
 ``MMEDAGENT_ATTENDING__MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``MMEDAGENT_DB_URL=postgresql+psycopg://…``.
+A role's settings from any source (env, TOML, the CLI's ``--triage latest``, keywords) change only the
+fields they name; the others keep that role's defaults (``ROLE_DEFAULTS``, then ``RoleSpec``'s).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +59,14 @@ class RoleSpec(BaseModel):
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs a base_url, e.g. http://127.0.0.1:8000/v1")
         return self
+
+
+# What each role decodes with unless told otherwise; every other field has RoleSpec's default.
+ROLE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "triage": {"max_new_tokens": 64},
+    "specialist": {"max_new_tokens": 128},
+    "attending": {"max_new_tokens": 192},
+}
 
 
 class UISettings(BaseModel):
@@ -133,9 +144,9 @@ class Settings(BaseSettings):
         32, ge=1, le=1024, description="requests per model.generate (transformers; vllm: vllm.max_num_seqs)"
     )
     n_specialists: int = Field(3, ge=1, le=7)
-    triage: RoleSpec = RoleSpec(max_new_tokens=64)
-    specialist: RoleSpec = RoleSpec(max_new_tokens=128)
-    attending: RoleSpec = RoleSpec(max_new_tokens=192)
+    triage: RoleSpec = RoleSpec(**ROLE_DEFAULTS["triage"])
+    specialist: RoleSpec = RoleSpec(**ROLE_DEFAULTS["specialist"])
+    attending: RoleSpec = RoleSpec(**ROLE_DEFAULTS["attending"])
     store_pixels: bool = Field(True, description="False: store image hashes only (patient data)")
     max_image_bytes: int = 32 * 1024 * 1024
     max_source_pixels: int = 50_000_000
@@ -145,6 +156,28 @@ class Settings(BaseSettings):
     ui: UISettings = UISettings()
     tracing: TracingSettings = TracingSettings()
     vllm: VLLMSettings = VLLMSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _role_defaults(cls, data: Any) -> Any:
+        """Fill the fields a role's settings leave out from that role's defaults, field by field.
+
+        The sources (keywords, env, TOML; merged key by key) give a role as a table of the fields they
+        set, e.g. ``{"backend": "vllm"}`` from ``MMEDAGENT_TRIAGE__BACKEND``. Validated alone, that table
+        would take RoleSpec's generic defaults for the rest (triage decoding 256 tokens, not 64), so
+        switching a backend would change how the role decodes. A RoleSpec passed in counts with the
+        fields it was given (``model_fields_set``).
+        """
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        for role, defaults in ROLE_DEFAULTS.items():
+            given = data.get(role)
+            if isinstance(given, RoleSpec):
+                given = {name: getattr(given, name) for name in given.model_fields_set}
+            if isinstance(given, Mapping):
+                data[role] = {**defaults, **given}
+        return data
 
     @classmethod
     def settings_customise_sources(
