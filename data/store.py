@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -82,11 +83,34 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # so DDL is transactional and writers can take the write lock up front.
     dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    _sqlite_wal(cur)
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+
+
+def _sqlite_wal(cur: Any) -> None:
+    """Switch the file to WAL, waiting (up to the busy timeout) for connections converting it too.
+
+    On a file not in WAL yet (a brand-new database) the pragma reads the header and then rewrites it
+    in a write transaction. A connection that holds that read and finds another one converting the
+    file gets SQLITE_BUSY at once, without the busy handler (SQLite's deadlock rule for read-to-write
+    upgrades), so several processes or threads opening a new database together could fail here, on
+    connect, outside every write's retry. Once one of them has converted the file the pragma only
+    reads (WAL is stored in the file), so trying again succeeds.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_locked_message(str(exc)) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 0.05)
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -113,9 +137,13 @@ def make_engine(url: str) -> Engine:
 _INSERTS: dict[str, Callable[..., Any]] = {"sqlite": sqlite_insert, "postgresql": pg_insert}
 
 
-def _is_locked(exc: OperationalError) -> bool:
-    text = str(exc.orig).lower()
+def _is_locked_message(message: str) -> bool:
+    text = message.lower()
     return "locked" in text or "busy" in text
+
+
+def _is_locked(exc: OperationalError) -> bool:
+    return _is_locked_message(str(exc.orig))
 
 
 class TrajectoryStore:
