@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # The roles a step is made by, in graph order; the trainable ones are retrained by rl/.
@@ -161,3 +161,29 @@ class PolicyVersion(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("policy_versions.id"), nullable=True)
     training_run: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EvalClaim(Base):
+    """One case of an evaluation and which process has it: how several processes (on any hosts) on
+    one database share an eval's cases without running one twice (app.evaluation.claims).
+
+    A process claims open cases in small batches (PostgreSQL: ``FOR UPDATE SKIP LOCKED``) for a
+    lease it renews while they run; a case whose lease has lapsed (its process died) is claimed
+    again by another. ``done`` once the case's run is stored (ok or error) or it was skipped
+    (``note``: why); a new start of the eval reopens the cases without a successful run.
+    """
+
+    __tablename__ = "eval_claims"
+    __table_args__ = (Index("ix_eval_claims_eval_id_done_position", "eval_id", "done", "position"),)
+
+    eval_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    case_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The case's place in the benchmark's fixed order (claimed in order; --limit N takes the first N).
+    position: Mapped[int] = mapped_column(Integer)
+    done: Mapped[bool] = mapped_column(Boolean, default=False)
+    # host:pid:nonce of the process that claimed it last (kept once done: who ran it).
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    # By the database's clock; NULL: not claimed (or done).
+    lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -8,11 +8,11 @@ import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, make_dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, func, select
+from sqlalchemy import Connection, Engine, Select, create_engine, event, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
@@ -21,7 +21,7 @@ from sqlalchemy.schema import Column
 
 from data import migrate
 from data.difficulty import Level, RunDifficulty, level_of, run_scores, specialist_correctness_query
-from data.schema import Base, ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
+from data.schema import Base, EvalClaim, ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -420,6 +420,146 @@ class TrajectoryStore:
         stmt = select(PolicyVersion).order_by(PolicyVersion.id)
         if role:
             stmt = stmt.where(PolicyVersion.role == role)
+        with self._sessions() as s:
+            return list(s.scalars(stmt))
+
+    # --- evaluation claims: several processes share one eval's cases (app.evaluation.claims) ----
+
+    def _now(self, s: Session) -> datetime:
+        """The time leases are measured by: the PostgreSQL server's clock (so hosts' clocks need
+        not agree); SQLite, one host, this machine's."""
+        if s.get_bind().dialect.name == "postgresql":
+            return s.scalar(select(func.now()))
+        return datetime.now(UTC)
+
+    def open_eval_cases(self, eval_id: str, case_ids: Sequence[str]) -> set[str]:
+        """Register the cases of ``eval_id`` in order (a case registered before keeps its row) and
+        reopen those done without a successful run (failed or skipped: retried, as a resumed eval
+        does); returns the cases that already have a successful run."""
+        ok_runs = select(Run.case_id).where(
+            Run.eval_id == eval_id, Run.status == "ok", Run.case_id.is_not(None)
+        )
+
+        def write(s: Session) -> set[str]:
+            finished = {c for c in s.scalars(ok_runs.distinct()) if c is not None}
+            rows = [
+                {"eval_id": eval_id, "case_id": c, "position": i, "done": c in finished, "attempts": 0}
+                for i, c in enumerate(case_ids)
+            ]
+            insert = _INSERTS[s.get_bind().dialect.name]
+            for i in range(0, len(rows), 500):  # SQLite caps the number of bound parameters
+                s.execute(insert(EvalClaim).values(rows[i : i + 500]).on_conflict_do_nothing())
+            s.execute(
+                update(EvalClaim)
+                .where(EvalClaim.eval_id == eval_id, EvalClaim.done, EvalClaim.case_id.not_in(ok_runs))
+                .values(done=False, owner=None, lease_until=None, note=None)
+            )
+            return finished
+
+        return self._write(write)
+
+    def claim_eval_cases(
+        self, eval_id: str, owner: str, *, n: int, lease_s: float, below: int
+    ) -> list[tuple[str, int]]:
+        """Claim up to ``n`` open cases of ``eval_id`` (position < ``below``, in order) whose lease is
+        free or has lapsed, for ``lease_s`` seconds; returns their (case id, position).
+
+        PostgreSQL: rows another process is claiming right now are skipped (``FOR UPDATE SKIP
+        LOCKED``), so processes never wait on each other; SQLite: the write transaction holds the
+        file (one process at a time). A case that already has a successful run (its process died
+        between storing it and marking it done) is marked done, not claimed.
+        """
+
+        def write(s: Session) -> list[tuple[str, int]]:
+            now = self._now(s)
+            free = (EvalClaim.lease_until.is_(None)) | (EvalClaim.lease_until < now)
+            rows = s.execute(
+                select(EvalClaim.case_id, EvalClaim.position)
+                .where(EvalClaim.eval_id == eval_id, ~EvalClaim.done, EvalClaim.position < below, free)
+                .order_by(EvalClaim.position)
+                .limit(n)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            ids = [r.case_id for r in rows]
+            ran = set(
+                s.scalars(
+                    select(Run.case_id).where(
+                        Run.eval_id == eval_id, Run.status == "ok", Run.case_id.in_(ids)
+                    )
+                )
+            )
+            mine = EvalClaim.eval_id == eval_id
+            if ran:
+                s.execute(
+                    update(EvalClaim)
+                    .where(mine, EvalClaim.case_id.in_(ran))
+                    .values(done=True, lease_until=None)
+                )
+            claimed = [(r.case_id, r.position) for r in rows if r.case_id not in ran]
+            if claimed:
+                s.execute(
+                    update(EvalClaim)
+                    .where(mine, EvalClaim.case_id.in_([c for c, _ in claimed]))
+                    .values(
+                        owner=owner,
+                        lease_until=now + timedelta(seconds=lease_s),
+                        attempts=EvalClaim.attempts + 1,
+                    )
+                )
+            return claimed
+
+        return self._write(write)
+
+    def renew_eval_claims(self, owner: str, lease_s: float) -> int:
+        """Extend the lease of every case ``owner`` holds and has not finished; returns how many."""
+
+        def write(s: Session) -> int:
+            until = self._now(s) + timedelta(seconds=lease_s)
+            stmt = update(EvalClaim).where(
+                EvalClaim.owner == owner, ~EvalClaim.done, EvalClaim.lease_until.is_not(None)
+            )
+            return s.execute(stmt.values(lease_until=until)).rowcount
+
+        return self._write(write)
+
+    def finish_eval_case(self, eval_id: str, case_id: str, owner: str, *, note: str | None = None) -> bool:
+        """Mark a case done (its run is stored, or it was skipped: ``note`` says why); False when
+        ``owner`` no longer held it (its lease had lapsed and another process claimed it)."""
+
+        def write(s: Session) -> bool:
+            row = s.get(EvalClaim, (eval_id, case_id), with_for_update=True)
+            if row is None:
+                return False
+            held = row.owner == owner
+            row.done, row.lease_until, row.note = True, None, note
+            return held
+
+        return self._write(write)
+
+    def release_eval_claims(self, owner: str) -> int:
+        """Give back the unfinished cases ``owner`` holds, for other processes to claim at once."""
+
+        def write(s: Session) -> int:
+            stmt = update(EvalClaim).where(EvalClaim.owner == owner, ~EvalClaim.done)
+            return s.execute(stmt.values(owner=None, lease_until=None)).rowcount
+
+        return self._write(write)
+
+    def open_eval_case_count(self, eval_id: str, *, below: int) -> int:
+        """How many cases of ``eval_id`` (position < ``below``) are not done yet (claimed or not)."""
+        stmt = select(func.count()).where(
+            EvalClaim.eval_id == eval_id, ~EvalClaim.done, EvalClaim.position < below
+        )
+        with self._sessions() as s:
+            return s.scalar(stmt) or 0
+
+    def eval_claims(self, eval_id: str, *, below: int | None = None) -> list[EvalClaim]:
+        """The claim rows of an eval in case order (those at position < ``below``)."""
+        stmt = select(EvalClaim).where(EvalClaim.eval_id == eval_id).order_by(EvalClaim.position)
+        if below is not None:
+            stmt = stmt.where(EvalClaim.position < below)
         with self._sessions() as s:
             return list(s.scalars(stmt))
 

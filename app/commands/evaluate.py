@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from app.commands.common import console, err, fail, load_settings, open_runtime, open_store
+from app.evaluation.claims import DEFAULT_LEASE_S
 from app.evaluation.report import EvalError, compare_reports, compare_table, report_tables, rescore_note
 from app.evaluation.runner import EvalSpec, evaluate
 from app.evaluation.stored import read_report, rescore, write_report
@@ -19,8 +20,8 @@ from data.benchmarks import BENCHMARK_NAMES, BenchmarkError
 
 eval_app = typer.Typer(
     invoke_without_command=True,
-    help="Evaluate on a benchmark (every case a stored run; rerun to resume); `eval compare A B`; "
-    "`eval rescore EVAL_ID`.",
+    help="Evaluate on a benchmark (every case a stored run; rerun to resume; processes on one eval and "
+    "database share its cases); `eval compare A B`; `eval rescore EVAL_ID`.",
 )
 
 
@@ -44,6 +45,14 @@ def eval_command(
     n: Annotated[int, typer.Option(min=0, help="synthetic: number of cases")] = 200,
     seed: Annotated[int, typer.Option(min=0, help="synthetic: seed")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="cases in flight at once")] = 1,
+    lease: Annotated[
+        float,
+        typer.Option(
+            min=0.1,
+            help="seconds a claimed case stays this process's without renewal: other processes on the "
+            "same eval and database take a dead process's cases once its leases lapse",
+        ),
+    ] = DEFAULT_LEASE_S,
     specialist_panel: Annotated[
         list[str] | None, typer.Option("--panel", help="static: a fixed specialist; repeatable")
     ] = None,
@@ -92,7 +101,9 @@ def eval_command(
         with Progress(*columns, console=err) as progress:
             task = progress.add_task(f"{benchmark} · {mode}", total=len(cases))
             advance = lambda _outcome: progress.advance(task)  # noqa: E731
-            report = evaluate(runtime, spec, cases, eval_id=eval_id, workers=workers, on_case=advance)
+            report = evaluate(
+                runtime, spec, cases, eval_id=eval_id, workers=workers, on_case=advance, lease_s=lease
+            )
     except KeyboardInterrupt:
         fail("interrupted: the finished cases are stored; run the same command again to resume", code=130)
     finally:

@@ -8,8 +8,11 @@ with the eval id: inspectable, and reusable as training data.
 
 The eval id is derived from what determines the results (benchmark, local copy, split, mode,
 models, policy versions, decoding): running the same command again resumes, skipping cases that
-already have a successful run for that id (failed runs are retried). The report is built from the
-stored runs only, so a resumed eval reports what an uninterrupted one would.
+already have a successful run for that id (failed runs are retried). Any number of processes, on
+any hosts sharing the database, may run the same eval at once: they claim its cases through the
+store (:mod:`app.evaluation.claims`), so each case runs once, and a dead process's cases go to the
+others when its leases lapse. The report is built from the stored runs only, so a resumed or split
+eval reports what an uninterrupted single process would.
 """
 
 from __future__ import annotations
@@ -18,23 +21,22 @@ import hashlib
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from app.config import Settings
+from app.evaluation.claims import DEFAULT_LEASE_S, LeaseKeeper, claim_owner
 from app.evaluation.report import EvalError, build_report
 from app.evaluation.stored import eval_records
 from app.runtime import CaseRequest, InputError, Runtime
 from data.benchmarks import BenchmarkCase, load_benchmark
 from data.images import ImageError
-from data.schema import ROLES, Run
+from data.schema import ROLES
 from data.specialties import SPECIALTIES
-from data.store import TrajectoryStore
 from graph.context import GraphMode
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,8 @@ def eval_id_for(config: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class CaseOutcome:
-    """What happened to one case: ``ok``/``error`` (a new run), ``reused`` or ``skipped``."""
+    """What happened to one case: ``ok``/``error`` (a new run), ``reused`` (run before),
+    ``skipped`` (bad input) or ``elsewhere`` (run by another process on the same eval)."""
 
     case_id: str
     status: str
@@ -178,11 +181,17 @@ def _ask(runtime: Runtime, case: BenchmarkCase, eval_id: str) -> CaseOutcome:
     return CaseOutcome(case.case_id, result.status, run_id=result.run_id, reason=result.error)
 
 
-def finished_cases(store: TrajectoryStore, eval_id: str) -> set[str]:
-    """Case ids that already have a successful run in this eval."""
-    with store.session() as s:
-        stmt = select(Run.case_id).where(Run.eval_id == eval_id, Run.status == "ok").distinct()
-        return {c for c in s.scalars(stmt) if c is not None}
+def _run_claimed(runtime: Runtime, case: BenchmarkCase, eval_id: str, owner: str) -> CaseOutcome:
+    """Ask a claimed case, then mark it done (its run is stored; or skipped, with the reason)."""
+    outcome = _ask(runtime, case, eval_id)
+    note = (outcome.reason or "skipped") if outcome.status == "skipped" else None
+    if not runtime.store.finish_eval_case(eval_id, case.case_id, owner, note=note):
+        log.warning(
+            "case %s: this process's lease on it had lapsed and another process may have run it too "
+            "(a longer --lease avoids that)",
+            case.case_id,
+        )
+    return outcome
 
 
 def run_cases(
@@ -192,39 +201,79 @@ def run_cases(
     *,
     workers: int = 1,
     on_case: Callable[[CaseOutcome], None] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> dict[str, str]:
     """Ask every case not yet finished in ``eval_id``, ``workers`` at a time; returns the skipped
-    cases with their reasons. On an exception (Ctrl-C included) cases in flight finish and are
-    stored, the rest are left for the next run."""
+    cases with their reasons.
+
+    Cases are claimed through the store (app.evaluation.claims), so any number of processes on one
+    database and eval id share them, each case run once; a process's claims are leases of
+    ``lease_s`` seconds, renewed while it runs, and the cases of a process that stopped renewing
+    are claimed by another once they lapse. This returns when every case is done, whoever ran it.
+    On an exception (Ctrl-C included) cases in flight finish and are stored, the others are given
+    back for the next run (or another process)."""
     if workers < 1:
         raise EvalError(f"workers must be >= 1, got {workers}")
-    done = finished_cases(runtime.store, eval_id)
-    todo = iter([c for c in cases if c.case_id not in done])
+    if lease_s <= 0:
+        raise EvalError(f"the lease must be > 0 seconds, got {lease_s}")
+    store = runtime.store
+    by_id = {c.case_id: c for c in cases}
+    done = store.open_eval_cases(eval_id, list(by_id))
+    reported = set()
     for case in cases:
         if case.case_id in done and on_case:
+            reported.add(case.case_id)
             on_case(CaseOutcome(case.case_id, "reused"))
-    skipped: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool:
-        pending: set[Future[CaseOutcome]] = set()
+    owner = claim_owner()
+    poll = min(1.0, lease_s / 4)
+    try:
+        with (
+            LeaseKeeper(store, owner, lease_s),
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool,
+        ):
+            pending: set[Future[CaseOutcome]] = set()
+            try:
+                while True:
+                    # A bounded window: images are decoded in the workers, never all at once.
+                    room = 2 * workers - len(pending)
+                    claimed = (
+                        store.claim_eval_cases(eval_id, owner, n=room, lease_s=lease_s, below=len(cases))
+                        if room > 0
+                        else []
+                    )
+                    for case_id, _ in claimed:
+                        if case_id not in by_id:
+                            raise EvalError(
+                                f"eval {eval_id} has case {case_id} where this process has another: "
+                                "the processes of one eval must evaluate the same benchmark"
+                            )
+                        pending.add(pool.submit(_run_claimed, runtime, by_id[case_id], eval_id, owner))
+                    if not pending:
+                        if not store.open_eval_case_count(eval_id, below=len(cases)):
+                            break
+                        time.sleep(poll)  # the rest are held by other processes: wait for them
+                        continue
+                    finished, pending = wait(pending, timeout=poll, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        outcome = future.result()
+                        reported.add(outcome.case_id)
+                        if on_case:
+                            on_case(outcome)
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+    finally:
         try:
-            while True:
-                # A bounded window: images are decoded in the workers, never all at once.
-                while len(pending) < 2 * workers and (case := next(todo, None)) is not None:
-                    pending.add(pool.submit(_ask, runtime, case, eval_id))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    outcome = future.result()
-                    if outcome.status == "skipped":
-                        skipped[outcome.case_id] = outcome.reason or "skipped"
-                    if on_case:
-                        on_case(outcome)
-        except BaseException:
-            for future in pending:
-                future.cancel()
-            raise
-    return skipped
+            store.release_eval_claims(owner)
+        except Exception as exc:  # their leases lapse anyway
+            log.warning("could not give back the unfinished cases of %s: %s", owner, exc)
+    claims = store.eval_claims(eval_id, below=len(cases))
+    if on_case:
+        for claim in claims:
+            if claim.case_id not in reported:
+                on_case(CaseOutcome(claim.case_id, "elsewhere"))
+    return {c.case_id: c.note for c in claims if c.done and c.note is not None}
 
 
 def evaluate(
@@ -235,14 +284,15 @@ def evaluate(
     eval_id: str | None = None,
     workers: int = 1,
     on_case: Callable[[CaseOutcome], None] | None = None,
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> dict[str, Any]:
-    """Run (or resume) the eval of ``cases`` and return its report."""
+    """Run (or resume, or join another process running) the eval of ``cases`` and return its report."""
     mode = spec.graph_mode()
     if runtime.mode != mode:
         raise EvalError(f"the runtime runs {runtime.mode}, the eval asks for {mode}")
     config = eval_config(spec, runtime)
     eval_id = eval_id or eval_id_for(config)
-    skipped = run_cases(runtime, cases, eval_id, workers=workers, on_case=on_case)
+    skipped = run_cases(runtime, cases, eval_id, workers=workers, on_case=on_case, lease_s=lease_s)
     info = {
         "eval_id": eval_id,
         "benchmark": spec.benchmark,
