@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -121,18 +120,15 @@ def _make_adapter(model: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from rl.grpo import lora_targets
+    from rl.models import lora_targets
+    from rl.recipe import PolicyModelConfig
 
-    recipe = SimpleNamespace(
-        lora_scope="language_model",
-        lora_target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    )
     torch.manual_seed(0)
     base = AutoModelForImageTextToText.from_pretrained(str(model), dtype=torch.float32)
     config = peft.LoraConfig(
         r=16,
         lora_alpha=32,
-        target_modules=lora_targets(recipe),
+        target_modules=lora_targets(PolicyModelConfig()),  # training's defaults
         task_type="CAUSAL_LM",
         init_lora_weights=False,
     )
