@@ -257,6 +257,9 @@ def write_plan(spec: TrainSpec, start: str, table: Any) -> None:
         at = argv.index("--config") + 1
         shutil.copyfile(argv[at], out / RECIPE_COPY)
         argv[at] = str(out / RECIPE_COPY)
+    argv += ["--output_dir", str(out)]  # absolute (the last given wins): resumable from any folder
+    if spec.script.data is not None:
+        argv += ["--data", str(Path(spec.script.data).resolve())]
     plan = {"argv": argv, "start": start, "rows": [row_key(r) for r in table]}
     (out / PLAN_FILE).write_text(json.dumps(plan, indent=1))
 
