@@ -8,17 +8,10 @@ and runs a vision-language model's requests one at a time (its continuous batchi
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -26,6 +19,7 @@ from app.backends.factory import build_backends
 from app.backends.local import TransformersBackend
 from app.backends.openai import OpenAIBackend, parse_chat_completion
 from app.config import RoleSpec, Settings
+from app.local_serving import TransformersServe, free_port
 from app.runtime import CaseRequest, Runtime
 from data.schema import ROLES
 from data.synthetic import generate_cases
@@ -34,54 +28,9 @@ from graph.protocol import BackendError, ChatRequest, Sampling
 TOKENS = {"triage": 6, "specialist": 10, "attending": 14}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServeProcess:
-    """``transformers serve MODEL`` on 127.0.0.1:port, pinned to the model, logging to a file."""
-
-    def __init__(self, model_dir: Path, log: Path) -> None:
-        self.model_dir, self.log, self.port = model_dir, log, _free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        command = [str(Path(sys.executable).with_name("transformers")), "serve", str(self.model_dir)]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", "--dtype", "float32"]
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert self.process is not None and self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(
-            f"transformers serve not ready after {timeout_s}s:\n{self.log.read_text()[-3000:]}"
-        )
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no graceful shutdown."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    served = ServeProcess(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransformersServe]:
+    served = TransformersServe(tiny_model_dir, tmp_path_factory.mktemp("serve") / "serve.log")
     served.start()
     try:
         served.wait_ready()
@@ -129,7 +78,7 @@ def _by_step(steps: list[dict]) -> list[tuple[str, str, str, int]]:
 
 @pytest.mark.slow
 def test_a_case_end_to_end_over_http_matches_the_local_model(
-    server: ServeProcess, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: TransformersServe, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "sk-test-never-stored-4f7a"
     monkeypatch.setenv("MMEDAGENT_TEST_API_KEY", secret)
@@ -170,7 +119,7 @@ def test_a_case_end_to_end_over_http_matches_the_local_model(
 
 @pytest.mark.slow
 def test_server_killed_mid_run_then_restarted(
-    server: ServeProcess, tiny_model_dir: Path, tmp_path: Path
+    server: TransformersServe, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     settings = _settings(tmp_path, tiny_model_dir, server.base_url, retries=1)
     runtime = Runtime(settings)
@@ -201,7 +150,7 @@ def test_server_killed_mid_run_then_restarted(
 
 @pytest.mark.slow
 def test_requests_complete_in_order_within_the_concurrency_limit(
-    server: ServeProcess, tiny_model_dir: Path
+    server: TransformersServe, tiny_model_dir: Path
 ) -> None:
     backend = OpenAIBackend(server.base_url, str(tiny_model_dir), max_concurrency=2)
     requests = [_request(f"Case {i}: which specialist?", 37 * i, 4 + i) for i in range(4)]
@@ -217,7 +166,7 @@ def test_requests_complete_in_order_within_the_concurrency_limit(
 
 @pytest.mark.slow
 def test_a_refused_request_is_a_clear_error_without_retries(
-    server: ServeProcess, tiny_model_dir: Path
+    server: TransformersServe, tiny_model_dir: Path
 ) -> None:
     # vLLM's field for token ids; transformers serve rejects fields it does not know.
     backend = OpenAIBackend(
@@ -232,7 +181,7 @@ def test_a_refused_request_is_a_clear_error_without_retries(
 
 
 @pytest.mark.slow
-def test_image_blocks_must_match_images(server: ServeProcess, tiny_model_dir: Path) -> None:
+def test_image_blocks_must_match_images(server: TransformersServe, tiny_model_dir: Path) -> None:
     backend = OpenAIBackend(server.base_url, str(tiny_model_dir))
     request = _request("Which specialist?", 10)
     request.images = []
@@ -242,7 +191,7 @@ def test_image_blocks_must_match_images(server: ServeProcess, tiny_model_dir: Pa
 
 
 def test_unreachable_server_and_missing_key_are_clear_errors(tiny_model_dir: Path) -> None:
-    url = f"http://127.0.0.1:{_free_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     backend = OpenAIBackend(url, "m", retries=2)
     with pytest.raises(BackendError, match=r"cannot reach the server.*gave up after 3 attempts"):
         backend.generate([_request("Which specialist?", 10)])
