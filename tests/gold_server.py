@@ -18,11 +18,12 @@ import io
 import json
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from tests.loopback import LoopbackServer, QuietHandler
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _request_text(body: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-class GoldServer:
+class GoldServer(LoopbackServer):
     """``/v1/chat/completions`` on 127.0.0.1: the gold answer of the case asked (or a near miss)."""
 
     def __init__(self, *, near_miss: bool = False, port: int = 0) -> None:
@@ -135,35 +136,16 @@ class GoldServer:
         self.requests = 0
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self.send_error(404)
                     return
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                body = self.read_json()
                 text = server.reply(_request_text(body))
-                data = {
-                    "object": "chat.completion",
-                    "model": body.get("model"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split())},
-                }
-                payload = json.dumps(data).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_completion(body.get("model"), text, len(text.split()))
 
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        super().__init__(Handler, port)
 
     def reply(self, prompt: str) -> str:
         self.requests += 1
@@ -172,14 +154,6 @@ class GoldServer:
             return "<think>not a fixture case</think><answer>?</answer>"
         said = case.near_miss if self.near_miss else case.said
         return f"<think>read the image</think><answer>{said}</answer>"
-
-    def __enter__(self) -> GoldServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from sqlalchemy import func, select
 
 from data.schema import Run
 from data.store import TrajectoryStore
+from tests.loopback import LoopbackServer, QuietHandler
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CASES = 30
@@ -35,7 +35,7 @@ LEASE_S = 4.0
 VOLATILE = {"eval_id", "created_at", "run_id", "wall_s", "model_s"}
 
 
-class SlowServer:
+class SlowServer(LoopbackServer):
     """``/v1/chat/completions`` on loopback: after ``delay`` seconds, an option letter chosen by a
     hash of the request; the first request waits until ``together`` requests are in (or 120 s)."""
 
@@ -45,9 +45,9 @@ class SlowServer:
         opened = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                body = self.read_json()
                 if not opened.is_set():
                     gate.wait()
                     opened.set()
@@ -55,37 +55,9 @@ class SlowServer:
                 server.requests += 1
                 digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).digest()
                 text = f"<think>looked</think><answer>{'ABCD'[digest[0] % 4]}</answer>"
-                payload = json.dumps(
-                    {
-                        "object": "chat.completion",
-                        "model": body.get("model"),
-                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}],
-                        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
-                    }
-                ).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                self.send_completion(body.get("model"), text, 3)
 
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> SlowServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        super().__init__(Handler)
 
 
 def _start(tmp_path: Path, db_url: str, server: SlowServer, eval_id: str, name: str) -> subprocess.Popen:
