@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -13,9 +12,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
-from langgraph.checkpoint.sqlite import SqliteSaver
 
 from app.backends.batcher import batching_session
+from app.checkpoints import open_checkpointer
 from app.config import Settings
 from data.images import ImageError, ImageLimits, LoadedImage, image_from_bytes, load_image
 from data.schema import ROLES
@@ -146,8 +145,9 @@ class Runtime:
             backends = build_backends(settings)
         self.backends = dict(backends)
         self.policy_ids = self._resolve_policies()
-        self._checkpoint_conn = sqlite3.connect(settings.checkpoint_path, check_same_thread=False)
-        self.graph = build_graph(checkpointer=SqliteSaver(self._checkpoint_conn), kind=self.mode.kind)
+        # Earlier turns of each case: SQLite in ``home``, or the PostgreSQL database every replica shares.
+        self._checkpointer = open_checkpointer(self.store.url, settings.checkpoint_path)
+        self.graph = build_graph(checkpointer=self._checkpointer.saver, kind=self.mode.kind)
         self.tracer = None  # OpenTelemetry export of each run (app/tracing.py), when configured
         if settings.tracing.otlp_endpoint:
             from app.tracing import make_tracer
@@ -173,7 +173,7 @@ class Runtime:
         if self.tracer is not None:
             self.tracer.shutdown()
             self.tracer = None
-        self._checkpoint_conn.close()
+        self._checkpointer.close()
         self.store.close()
         if self._owns_backends:  # batcher threads, HTTP connection pools
             for backend in {id(b): b for b in self.backends.values()}.values():
@@ -203,6 +203,17 @@ class Runtime:
         image = image_from_bytes(data, self.settings.image_limits())
         self._cache_image(sha256, image)
         return image
+
+    def stored_images(self, shas: Sequence[str]) -> list[LoadedImage]:
+        """The images of a stored case whose bytes the store kept (a case stored as hashes only has
+        none: its images must be attached again to ask a follow-up)."""
+        limits = self.settings.image_limits()
+        out = []
+        for sha in shas:
+            data = self.store.image_bytes(sha)
+            if data is not None:
+                out.append(load_image(data, name=f"image {sha[:12]}", limits=limits))
+        return out
 
     def _cache_image(self, sha256: str, image: Image.Image) -> None:
         with self._images_lock:

@@ -263,9 +263,12 @@ class TrajectoryStore:
         status: str | None = None,
         source: str | None = None,
         eval_id: str | None = None,
+        thread_id: str | None = None,
     ) -> list[Run]:
-        """Newest runs first."""
+        """Newest runs first; ``thread_id`` keeps one case's."""
         stmt = select(Run).order_by(Run.created_at.desc()).limit(limit)
+        if thread_id:
+            stmt = stmt.where(Run.thread_id == thread_id)
         if status:
             stmt = stmt.where(Run.status == status)
         if source:

@@ -468,7 +468,7 @@ class ChatController:
             session.history.append(question_bubble(data["question"], list(data["options"] or [])))
             if data["images"] != shown:
                 shown = data["images"]
-                loaded = self._stored_images(shown)
+                loaded = self.runtime.stored_images(shown)
                 missing = missing or len(loaded) < len(shown)
                 session.history += [self._preview(img) for img in loaded]
                 session.images = loaded
@@ -483,15 +483,6 @@ class ChatController:
             session.images = []
             note += " Its images are stored as hashes only: attach them again to ask a follow-up."
         return (*self._outputs(session, clear_options=True), note)
-
-    def _stored_images(self, shas: list[str]) -> list[LoadedImage]:
-        limits = self.runtime.settings.image_limits()
-        out = []
-        for sha in shas:
-            data = self.runtime.store.image_bytes(sha)
-            if data is not None:
-                out.append(load_image(data, name=f"image {sha[:12]}", limits=limits))
-        return out
 
     def open_from_url(self, request: gr.Request) -> tuple[Any, ...]:
         """On page load: reopen the case the address names (``?case=``), if any."""

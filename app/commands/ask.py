@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, open_runtime
-from app.runtime import CaseRequest, InputError
+from app.runtime import CaseRequest, InputError, Runtime
 from app.tiny_model import build_tiny_model
 from data.answers import is_correct
-from data.images import ImageError, load_image
+from data.images import ImageError, LoadedImage, load_image
 from data.synthetic import generate_cases
 
 
@@ -30,25 +30,40 @@ def tiny_model(
 
 
 def ask(
-    image: Annotated[
-        list[Path], typer.Option("--image", "-i", help="image file (PNG/JPEG/DICOM); repeatable")
-    ],
     question: Annotated[str, typer.Option("--question", "-q")],
+    image: Annotated[
+        list[Path] | None,
+        typer.Option("--image", "-i", help="image file (PNG/JPEG/DICOM); repeatable"),
+    ] = None,
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help='e.g. "A) Nodule"; repeatable')
+    ] = None,
+    case: Annotated[
+        str | None,
+        typer.Option(
+            "--case",
+            help="a stored case's id (a run's thread id): ask a follow-up that sees its earlier turns; "
+            "without --image, its stored images",
+        ),
     ] = None,
     gold: Annotated[str | None, typer.Option(help="the right answer, when known")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Run one case through triage -> specialists -> attending and print the answer."""
     settings = load_settings()
+    if not image and not case:
+        fail("give the case's image(s) with --image (or --case to continue a stored case)")
     try:
-        images = [load_image(p, limits=settings.image_limits()) for p in image]
+        images = [load_image(p, limits=settings.image_limits()) for p in image or []]
     except ImageError as exc:
         fail(str(exc))
-    req = CaseRequest(question=question, images=images, options=option or [], gold_answer=gold)
     runtime = open_runtime(settings)
     try:
+        if case and not images:
+            images = _case_images(runtime, case)
+        req = CaseRequest(
+            question=question, images=images, options=option or [], gold_answer=gold, thread_id=case
+        )
         runtime.validate(req)
         result = runtime.ask(req)
     except InputError as exc:
@@ -98,3 +113,15 @@ def demo(
         runtime.close()
     console.print(table)
     console.print(f"trajectories stored in {settings.database_url}  (see `mmedagent runs list`)")
+
+
+def _case_images(runtime: Runtime, case: str) -> list[LoadedImage]:
+    """The images of the stored case ``case``'s latest question."""
+    last = runtime.store.list_runs(thread_id=case, limit=1)
+    if not last:
+        raise InputError(f"no stored case {case!r}")
+    shas = [ref.sha256 for ref in runtime.store.get_run(last[0].id).images]
+    images = runtime.stored_images(shas)
+    if len(images) < len(shas):
+        raise InputError(f"case {case!r}'s images are stored as hashes only: attach them with --image")
+    return images
