@@ -151,10 +151,13 @@ def test_chat_shows_each_agent_step_and_the_answer(page, asked, app_runtime):
     bubble = chat.locator(".message.user, [data-testid=user]").first.inner_text()
     assert case.question in bubble and all(o in bubble for o in case.options)
     assert page.locator("#case-options textarea").input_value() == ""
-    # The answer names the attending's model and policy version.
+    # The answer names the attending's model and policy version: the untrained checkpoint is "base"
+    # (trained versions: tests/test_ui_sample_case.py), never its database id as a version number.
     attending = next(st for st in app_runtime.store.get_run(run_id).steps if st.role == "attending")
     credit = chat.get_by_text("attending: ").inner_text()
-    assert f"policy v{attending.policy_version_id}" in credit and Path(attending.model_id).name in credit
+    assert app_runtime.store.get_policy(attending.policy_version_id).training_run == {}
+    assert "policy base (untrained)" in credit and Path(attending.model_id).name in credit
+    assert "policy v" not in credit
     # A specialist step opens to show its opinion.
     chat.get_by_text("Specialist · ").first.click()
     chat.get_by_text("Opinion:").first.wait_for()

@@ -4,7 +4,8 @@ One browser session is one :class:`ChatSession` (a ``gr.State``, so concurrent u
 a case). A case is a LangGraph thread: follow-up questions reuse it, and the images, until
 "New case". The graph runs in a worker thread; its custom stream events are turned into chat
 messages as they arrive (:class:`Transcript`). A case has a URL (``?case=<id>``) that reopens it,
-turns, images and verdicts, from the store; each answer gets its own verdict row.
+turns, images and verdicts, from the store; each answer gets its own verdict row. "Try a sample
+case" fills the input with a synthetic-clinic case (image, question, options), to send as it is.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,12 +24,15 @@ import gradio as gr
 
 from app.feedback import FeedbackError, record_verdict
 from app.runtime import CaseRequest, CaseResult, InputError
+from data.answers import is_correct, match_option, option_letters
 from data.images import ImageError, LoadedImage, encode_png, load_image
+from data.schema import PolicyVersion
 from data.store import run_to_dict
+from data.synthetic import SyntheticCase, make_case
 from ui.case_queue import CaseQueue
 from ui.queries import case_runs
 from ui.safety import redact_paths
-from ui.uploads import Upload, check_content, take_uploads
+from ui.uploads import Upload, check_content, stage_upload, take_uploads
 from ui.viewer import build_viewer, show, window_views
 
 if TYPE_CHECKING:
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 RAW_EXCERPT_CHARS = 600  # of a completion shown when nothing could be parsed from it
 Message = dict[str, Any]
 CASE_OUTPUTS = 11  # what a handler that (re)opens a case returns: see ChatController._outputs
+# "Try a sample case": the Nth click of a browser tab loads case N of the synthetic clinic for this
+# seed (a seed of its own, so the samples are not the cases a demo trains or evaluates on).
+SAMPLE_SEED = 31
 
 # Keeps the page's address on the open case (a reload reopens it) and remembers recent cases.
 CASE_URL_JS = """
@@ -69,6 +76,8 @@ class ChatSession:
     running: bool = False
     # Window/level renderings of DICOM uploads for the viewer (memory only), by image sha.
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The sample case in the input, until it is sent: sent unchanged, it is asked with its gold answer.
+    sample: SyntheticCase | None = None
 
     @property
     def last_run_id(self) -> str | None:
@@ -101,21 +110,52 @@ def model_label(model_id: str | None) -> str:
     return text.removeprefix("…/")
 
 
-def answer_credit(record: dict[str, Any], policy_id: int | None) -> str:
-    """Who gave an answer: the attending's model and policy version."""
-    policy = f"policy v{policy_id}" if policy_id is not None else "no policy version"
-    return f"attending: {model_label(record.get('model_id'))} · {policy}"
+def policy_name(policy: PolicyVersion | None) -> str:
+    """A policy version as the page names it: ``v3`` for a trained version (the id ``mmedagent
+    policies list`` shows and ``--attending 3`` serves), ``base`` for the untrained checkpoint a
+    role serves until it is trained (its row has no training run, parent or adapter)."""
+    if policy is None:
+        return "unknown"
+    trained = bool(policy.training_run) or policy.parent_id is not None or policy.adapter_path is not None
+    return f"v{policy.id}" if trained else "base"
+
+
+def answer_credit(model_id: str | None, policies: dict[str, str]) -> str:
+    """Who gave an answer: the attending's model and policy (by :func:`policy_name`), and the
+    triage's policy when it is a trained one."""
+
+    def policy(name: str) -> str:
+        return "policy base (untrained)" if name == "base" else f"policy {name}"
+
+    credit = f"attending: {model_label(model_id)} · {policy(policies.get('attending', 'unknown'))}"
+    if policies.get("triage", "base") not in ("base", "unknown"):
+        credit += f" · triage: {policy(policies['triage'])}"
+    return credit
+
+
+def right_answer(answer: str | None, gold: str, options: list[str]) -> Message:
+    """After an answer to a case whose answer is known (a sample case): the right one, and whether
+    the answer named it."""
+    letter = match_option(gold, options)
+    shown = options[option_letters(options).index(letter)] if letter else gold
+    verdict = "✔ the answer is right" if is_correct(answer, gold, options) else "✘ the answer is wrong"
+    return {"role": "assistant", "content": f"**Right answer:** {shown} ({verdict})"}
 
 
 class Transcript:
     """The assistant messages of one question, rebuilt from the graph's stream events.
 
     ``policy_ids`` names the policy version each role serves (live runs); stored steps carry theirs.
+    ``name_policy`` says how the answer line names a version id (:func:`policy_name`).
     """
 
-    def __init__(self, policy_ids: dict[str, int] | None = None) -> None:
+    def __init__(
+        self, name_policy: Callable[[int | None], str], policy_ids: dict[str, int] | None = None
+    ) -> None:
         self.messages: list[Message] = []
         self.policy_ids = policy_ids or {}
+        self.name_policy = name_policy
+        self._served: dict[str, int | None] = {}  # role -> the policy version its steps ran on
         self._open: dict[tuple[str, str | None], int] = {}  # (node, specialty) -> pending message
 
     def _start(self, key: tuple[str, str | None], message: Message) -> None:
@@ -153,6 +193,8 @@ class Transcript:
 
     def _finished(self, record: dict[str, Any]) -> None:
         node, specialty = record["node"], record.get("specialty")
+        role = record.get("role", node)
+        self._served[role] = record.get("policy_version_id", self.policy_ids.get(role))
         parsed = record.get("parsed") or {}
         latency = float(record.get("latency_s") or 0.0)
         note = _parse_note(record)
@@ -181,8 +223,8 @@ class Transcript:
             answer = (parsed.get("answer") or "").strip() or "_(no answer given)_"
             option = f" (option {parsed['option']})" if parsed.get("option") else ""
             short = _parse_note(record, raw=False)
-            policy = record.get("policy_version_id", self.policy_ids.get(record.get("role", "attending")))
-            credit = answer_credit(record, policy)
+            names = {r: self.name_policy(p) for r, p in self._served.items()}
+            credit = answer_credit(record.get("model_id"), names)
             self.messages.append(
                 {
                     "role": "assistant",
@@ -221,6 +263,15 @@ def question_bubble(question: str, options: list[str]) -> Message:
     return {"role": "user", "content": body}
 
 
+def _sent_as_is(sample: SyntheticCase, text: str, options: list[str], uploads: list[Upload]) -> bool:
+    """Whether a question is the sample case as it was loaded: its question, options and image."""
+    return (
+        text == sample.question
+        and options == list(sample.options)
+        and [u.data for u in uploads] == list(sample.images)
+    )
+
+
 def _waiting(place: int) -> Message:
     ahead = "next in line" if place == 1 else f"number {place} in line"
     return {
@@ -234,6 +285,13 @@ def _error(text: str) -> Message:
 
 
 def case_status(session: ChatSession) -> str:
+    if session.sample is not None and session.last_run_id is None:
+        case = session.sample
+        return (
+            f"**Sample case** `{case.case_id}`: a synthetic {case.modality} from the built-in clinic, "
+            "not a patient. Press Enter to ask it (or edit it first); its right answer is shown after "
+            "the answer."
+        )
     if session.last_run_id is None:
         return "New case: attach image(s), type a question, press Enter."
     return (
@@ -261,6 +319,15 @@ class ChatController:
         # Previews of uploads as normalised PNGs (DICOM has no browser preview); paths never shown.
         self._previews = previews
         previews.mkdir(parents=True, exist_ok=True)
+        self._policy_names: dict[int, str] = {}  # version rows never change: named once
+
+    def name_policy(self, policy_id: int | None) -> str:
+        """The name of a stored policy version id (:func:`policy_name`)."""
+        if policy_id is None:
+            return "unknown"
+        if policy_id not in self._policy_names:
+            self._policy_names[policy_id] = policy_name(self.runtime.store.get_policy(policy_id))
+        return self._policy_names[policy_id]
 
     # --- images -------------------------------------------------------------------------------
 
@@ -314,6 +381,9 @@ class ChatController:
             history.append(_error("Wait for the current answer before asking the next question."))
             yield self._outputs(session, busy=True)  # the running case still owns the controls
             return
+        sample, session.sample = session.sample, None
+        if sample is not None and not _sent_as_is(sample, text, options, uploads):
+            sample = None  # edited: an ordinary question, whose answer is not known
         try:
             if unreadable:
                 raise ImageError(unreadable[0])
@@ -331,7 +401,14 @@ class ChatController:
             views = {img.sha256: window_views(u, img) for u, img in zip(uploads, images, strict=True)}
             session.windows = {sha: v for sha, v in views.items() if v}
         req = CaseRequest(
-            question=text, images=session.images, options=options, source="ui", thread_id=session.thread_id
+            question=text,
+            images=session.images,
+            options=options,
+            source="ui",
+            thread_id=session.thread_id,
+            case_id=sample.case_id if sample else None,
+            gold_answer=sample.answer if sample else None,
+            gold_specialty=sample.specialty if sample else None,
         )
         try:
             self.runtime.validate(req)
@@ -351,11 +428,13 @@ class ChatController:
                 yield self._outputs(session, busy=True)
                 self.queue.wait()
             del history[start:]
-            transcript = Transcript(self.runtime.policy_ids)
+            transcript = Transcript(self.name_policy, self.runtime.policy_ids)
             for item in self._events(req):
                 if isinstance(item, CaseResult):
                     session.thread_id = item.thread_id
                     session.run_ids.append(item.run_id)
+                    if req.gold_answer and item.status == "ok":
+                        transcript.messages.append(right_answer(item.answer, req.gold_answer, options))
                 elif isinstance(item, Exception):
                     problem = (
                         str(item)
@@ -375,11 +454,19 @@ class ChatController:
         yield self._outputs(session, busy=False)
 
     def _outputs(
-        self, session: ChatSession, *, clear_options: bool = False, busy: bool = False
+        self,
+        session: ChatSession,
+        *,
+        clear_options: bool = False,
+        busy: bool = False,
+        draft: tuple[dict[str, Any], str] | None = None,
     ) -> tuple[Any, ...]:
-        """chatbot, input box, session, status line, options, verdict rows, case id, viewer (3)."""
-        box = gr.MultimodalTextbox(value=None, interactive=not busy)
-        options = "" if clear_options else gr.skip()
+        """chatbot, input box, session, status line, options, verdict rows, case id, viewer (3).
+
+        ``draft``: what the input box and the options box are filled with, else they are emptied.
+        """
+        box = gr.MultimodalTextbox(value=draft[0] if draft else None, interactive=not busy)
+        options = draft[1] if draft else "" if clear_options else gr.skip()
         # Rows and viewer change when a question starts (rows locked) or ends, not on each step.
         changed = not busy or clear_options
         return (
@@ -405,6 +492,7 @@ class ChatController:
             if run is None:
                 continue
             attending = next((st for st in run.steps if st.role == "attending"), None)
+            names = {st.role: self.name_policy(st.policy_version_id) for st in run.steps}
             verdict = verdicts.get(run_id)
             out.append(
                 {
@@ -413,9 +501,7 @@ class ChatController:
                     "question": run.question,
                     "answer": run.answer or "",
                     "status": run.status,
-                    "credit": answer_credit({"model_id": attending.model_id}, attending.policy_version_id)
-                    if attending
-                    else "",
+                    "credit": answer_credit(attending.model_id, names) if attending else "",
                     "verdict": None if verdict is None else verdict.value >= 1.0,
                     "right_answer": verdict.answer if verdict else None,
                 }
@@ -452,6 +538,15 @@ class ChatController:
         session = ChatSession()
         return (*self._outputs(session, clear_options=True), "")
 
+    def sample_case(self, message: dict[str, Any] | None, shown: int) -> tuple[Any, ...]:
+        """A fresh case whose input holds sample case number ``shown``, not sent: its image attached
+        (staged in the upload cache as an upload is, and deleted the same way), question, options."""
+        take_uploads(list((message or {}).get("files") or []))
+        case = make_case(shown, seed=SAMPLE_SEED)
+        image = stage_upload(f"{case.case_id}.png", case.images[0])
+        draft = ({"text": case.question, "files": [str(image)]}, "\n".join(case.options))
+        return (*self._outputs(ChatSession(sample=case), draft=draft), "", shown + 1)
+
     def open_case(self, thread_id: str | None) -> tuple[Any, ...]:
         """Reopen a stored case: its turns, images and verdicts; follow-ups continue it."""
         thread_id = (thread_id or "").strip()
@@ -472,11 +567,15 @@ class ChatController:
                 missing = missing or len(loaded) < len(shown)
                 session.history += [self._preview(img) for img in loaded]
                 session.images = loaded
-            transcript = Transcript()
+            transcript = Transcript(self.name_policy)
             for st in data["steps"]:
                 transcript.on_event({"event": "step_finished", "record": st})
             transcript.on_event({"event": "run_finished", **data})
             session.history += transcript.messages
+            if data["gold_answer"] and data["status"] == "ok":
+                session.history.append(
+                    right_answer(data["answer"], data["gold_answer"], data["options"] or [])
+                )
             session.run_ids.append(run.id)
         note = "Case reopened."
         if missing:
@@ -593,7 +692,7 @@ def build_chat_tab(runtime: Runtime, ui: UISettings, previews: Path) -> ChatTab:
                 feedback_options=None,
                 buttons=[],
                 placeholder="Attach one or more images (PNG, JPEG, TIFF, BMP, WebP or DICOM), "
-                "type a question, press Enter.",
+                "type a question, press Enter. No image at hand? *Try a sample case* below.",
             )
             box = gr.MultimodalTextbox(
                 elem_id="case-input",
@@ -626,6 +725,8 @@ def build_chat_tab(runtime: Runtime, ui: UISettings, previews: Path) -> ChatTab:
     with gr.Row():
         open_trace = gr.Button("Open in Traces", elem_id="open-trace", size="md", scale=0, min_width=140)
         new = gr.Button("New case", elem_id="new-case", size="md", scale=0, min_width=110)
+        sample = gr.Button("Try a sample case", elem_id="sample-case", size="md", scale=0, min_width=170)
+    samples_shown = gr.State(0)  # this tab's clicks on "Try a sample case": the next one's number
     recent = gr.Dropdown([], label="Recent cases (this browser)", elem_id="recent-cases", visible=False)
     case_id = gr.Textbox(visible="hidden", elem_id="case-id")
     recent_json = gr.Textbox(visible="hidden", elem_id="recent-json")
@@ -651,6 +752,9 @@ def build_chat_tab(runtime: Runtime, ui: UISettings, previews: Path) -> ChatTab:
             api_visibility="private",
         )
     new.click(controller.new_case, box, case_outputs, api_name="new_case")
+    sample.click(
+        controller.sample_case, [box, samples_shown], [*case_outputs, samples_shown], api_name="sample_case"
+    )
     recent.input(controller.open_case, recent, case_outputs, api_visibility="private")
     case_id.change(None, case_id, None, js=CASE_URL_JS)
     case_id.change(

@@ -10,6 +10,7 @@ what the case needs: the rendered pixels (a PNG without metadata), in memory and
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +98,14 @@ def discard(path: Path, root: Path) -> None:
         except OSError:
             break
         folder = folder.parent
+
+
+def stage_upload(name: str, data: bytes, cache_dir: str | Path | None = None) -> Path:
+    """Put ``data`` in the upload cache as if the user had uploaded it as ``name``; its own folder,
+    so :func:`take_uploads` deletes it (and the folder) once the chat has read it."""
+    root = Path(cache_dir or get_upload_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="staged-", dir=root))
+    path = folder / Path(name).name
+    path.write_bytes(data)
+    return path
