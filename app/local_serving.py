@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,9 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
-def _wait(ready, process: subprocess.Popen[bytes] | None, log: Path, what: str, timeout_s: float) -> None:
+def _wait(
+    ready: Callable[[], bool], process: subprocess.Popen[bytes] | None, log: Path, what: str, timeout_s: float
+) -> None:
     """Poll ``ready()`` until it is true; fail with ``log``'s tail if the process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -193,11 +195,12 @@ class NginxBalancer:
         _wait(accepting, self.process, log if log.exists() else output, "nginx", timeout_s)
 
     def upstream_counts(self) -> Counter[str]:
-        """Attempts per server address, from the access log (a request passed on counts for both)."""
+        """Attempts per server address, from the access log (a request passed on counts for both;
+        one answered "no live upstreams", without trying a server, counts for none)."""
         counts: Counter[str] = Counter()
         for line in _tail(self.access_log, sys.maxsize).splitlines():
             if found := re.search(r"upstream=(.*?) upstream_status=", line):
-                counts.update(a.strip() for a in re.split(r"[,:] ", found.group(1)) if a.strip() != "-")
+                counts.update(a for a in re.split(r"[,:] ", found.group(1)) if re.fullmatch(r"\S+:\d+", a))
         return counts
 
     def stop(self, keep_prefix: bool = False) -> None:
