@@ -69,3 +69,13 @@ def register_run(store: TrajectoryStore, run_dir: str | Path, parent_id: int | N
     return store.register_policy(
         role, model, digest, adapter_path=adapter, parent_id=parent_id, training_run=summary
     )
+
+
+def policy_name(policy: PolicyVersion | None) -> str:
+    """A policy version as users see it (``mmedagent policies list``, the chat): ``v3`` for trained
+    version 3 (``--attending 3`` serves it), ``base`` for the untrained checkpoint a role serves
+    until it is trained (its row has no training run, parent or adapter)."""
+    if policy is None:
+        return "unknown"
+    trained = bool(policy.training_run) or policy.parent_id is not None or policy.adapter_path is not None
+    return f"v{policy.id}" if trained else "base"

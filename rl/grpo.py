@@ -29,6 +29,7 @@ import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -75,6 +76,10 @@ class TrainArguments:
     reward_source: Literal["gold", "clinician", "both"] = field(
         default="gold",
         metadata={"help": "--from_db labels: gold, the latest verdict, or both (gold, else the verdict)"},
+    )
+    since: str | None = field(
+        default=None,
+        metadata={"help": "--from_db: only runs stored since then (ISO date or datetime, UTC)"},
     )
     resume: bool = field(
         default=False, metadata={"help": "continue the run in --out from its last checkpoint"}
@@ -138,6 +143,10 @@ def check_options(spec: TrainSpec) -> None:
             raise TrainError(f"report_to {tracker}: the {tracker} package is not installed")
     if (spec.out / POLICY_DIR).exists():
         raise TrainError(f"{spec.out / POLICY_DIR} already exists: choose another --out")
+    if spec.script.since is not None:
+        if not spec.script.from_db:
+            raise TrainError("--since selects stored runs: it goes with --from_db")
+        _since(spec.script)
 
 
 def source_name(script: TrainArguments) -> str:
@@ -155,7 +164,9 @@ def load_rows(spec: TrainSpec, store: TrajectoryStore | None = None) -> Any:
     if script.from_db:
         if store is None:
             raise TrainError("--from_db needs the store (`mmedagent train`)")
-        rows = iter_rows_from_store(store, script.role, reward_source=script.reward_source)
+        rows = iter_rows_from_store(
+            store, script.role, since=_since(script), reward_source=script.reward_source
+        )
     elif script.data is not None:
         rows = iter_rows_from_dir(Path(script.data), script.role)
     else:
@@ -165,6 +176,17 @@ def load_rows(spec: TrainSpec, store: TrajectoryStore | None = None) -> Any:
     if not len(table):
         raise TrainError(f"no usable {script.role} rows (runs need a label and stored pixels)")
     return table
+
+
+def _since(script: TrainArguments) -> datetime | None:
+    """``--since`` as a time. Absolute only: a run resumed later must select the same runs."""
+    if script.since is None:
+        return None
+    try:
+        when = datetime.fromisoformat(script.since)
+    except ValueError:
+        raise TrainError(f"--since {script.since!r}: expected an ISO date or datetime") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass

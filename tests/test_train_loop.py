@@ -71,7 +71,8 @@ def test_trained_policy_is_registered_served_and_recorded(home, tmp_path, tiny_b
     finally:
         store.close()
     listed = runner.invoke(app, ["policies", "list", "--role", "attending"])
-    assert listed.exit_code == 0 and str(latest.id) in listed.output and "curriculum" in listed.output
+    assert listed.exit_code == 0 and str(latest.id) in listed.output and "curriculum" in listed.output, listed.output
+    assert f"v{latest.id}" in listed.output and f"base ({before})" in listed.output  # names users see
     shown = runner.invoke(app, ["policies", "show", str(latest.id)])
     assert shown.exit_code == 0, shown.output
     assert f"parent {before}" in shown.output and "data     store:" in shown.output
@@ -137,3 +138,46 @@ def test_train_from_an_export_folder_without_curriculum(home, tmp_path, tiny_bac
     assert again.exit_code == 2 and "already exists" in again.output
     none = runner.invoke(app, ["train", "--role", "triage", "--out", str(tmp_path / "x")])
     assert none.exit_code == 2 and "exactly one data source" in none.output
+
+
+def test_train_since_takes_only_the_runs_stored_since_then(home, tmp_path, tiny_backend):
+    from datetime import UTC, datetime
+
+    cases = generate_cases(6, seed=1, size=56)
+    rt = Runtime(Settings(), backends=dict.fromkeys(("triage", "specialist", "attending"), tiny_backend))
+    try:
+        for case in cases[:2]:
+            assert rt.ask(_request(case)).status == "ok"
+        since = datetime.now(UTC)
+        for case in cases[2:]:
+            assert rt.ask(_request(case)).status == "ok"
+    finally:
+        rt.close()
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    args = ["train", "--role", "triage", "--from-db", "--recipe", "tiny.yaml", "--max-steps", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "t"), "--since", since.isoformat()])
+    assert result.exit_code == 0, result.output
+    store = TrajectoryStore(Settings().database_url)
+    try:
+        assert store.latest_policy("triage").training_run["rows"] == 4  # not the 2 stored before
+    finally:
+        store.close()
+    later = runner.invoke(app, [*args, "--out", str(tmp_path / "u"), "--since", "2999-01-01"])
+    assert later.exit_code == 2 and "no usable triage rows" in later.output
+    relative = runner.invoke(app, [*args, "--out", str(tmp_path / "v"), "--since", "24h"])
+    assert relative.exit_code == 2 and "expected an ISO date" in relative.output
+    synthetic = runner.invoke(
+        app,
+        [
+            "train",
+            "--role",
+            "triage",
+            "--synthetic",
+            "4",
+            "--out",
+            str(tmp_path / "w"),
+            "--since",
+            "2026-01-01",
+        ],
+    )
+    assert synthetic.exit_code == 2 and "goes with --from_db" in synthetic.output

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from app.feedback import FeedbackError, record_verdict
+from app.policies import policy_name
 from app.runtime import CaseRequest, CaseResult, InputError
 from data.answers import is_correct, match_option, option_letters
 from data.images import ImageError, LoadedImage, encode_png, load_image
-from data.schema import PolicyVersion
 from data.store import run_to_dict
 from data.synthetic import SyntheticCase, make_case
 from ui.case_queue import CaseQueue
@@ -108,16 +108,6 @@ def model_label(model_id: str | None) -> str:
     """A model as the page names it: a hub id as is, a local folder by its name only."""
     text = redact_paths(model_id or "") or "unknown model"
     return text.removeprefix("…/")
-
-
-def policy_name(policy: PolicyVersion | None) -> str:
-    """A policy version as the page names it: ``v3`` for a trained version (the id ``mmedagent
-    policies list`` shows and ``--attending 3`` serves), ``base`` for the untrained checkpoint a
-    role serves until it is trained (its row has no training run, parent or adapter)."""
-    if policy is None:
-        return "unknown"
-    trained = bool(policy.training_run) or policy.parent_id is not None or policy.adapter_path is not None
-    return f"v{policy.id}" if trained else "base"
 
 
 def answer_credit(model_id: str | None, policies: dict[str, str]) -> str:

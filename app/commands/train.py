@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from app.backends.factory import apply_policy_choices
 from app.commands.common import console, err, fail, load_settings, open_store
-from app.policies import RegisterError, register_run, resolve_policy
+from app.policies import RegisterError, policy_name, register_run
 from app.tiny_model import ensure_default_model
+from app.training import train_and_register
 from data.schema import PolicyVersion
 from graph.protocol import BackendError
 
@@ -33,8 +33,7 @@ def train(ctx: typer.Context) -> None:
     registration). Without --model it starts from what the role serves.
     """
     from rl.datasets import DatasetError
-    from rl.grpo import TrainError, check_options, load_rows, parse_args, resume_spec
-    from rl.grpo import train as run_training
+    from rl.grpo import TrainError, check_options, parse_args, resume_spec
 
     try:
         spec = parse_args(ctx.args, prog="mmedagent train")
@@ -43,31 +42,25 @@ def train(ctx: typer.Context) -> None:
         check_options(spec)
     except TrainError as exc:
         fail(str(exc))
-    role = spec.script.role
     logging.getLogger("rl").setLevel(logging.INFO)  # the stage plan, and what max_steps cut
     settings = load_settings()
     ensure_default_model(settings, announce=err.print)
     store = open_store(settings)
     try:
         try:
-            settings, chosen = apply_policy_choices(settings, store)
-        except BackendError as exc:
+            trained = train_and_register(spec, settings, store)
+        except BackendError as exc:  # an unknown --ROLE version
             fail(str(exc))
-        own_start = bool(spec.model.model_name_or_path)
-        served = (None, None) if own_start else (settings.model_for(role), settings.role(role).adapter)
-        parent = None if own_start else chosen.get(role) or resolve_policy(store, role, *served).id
-        try:
-            run = run_training(spec, load_rows(spec, store), served=served)
-        except (TrainError, DatasetError, ValueError) as exc:  # e.g. rows without difficulty
+        except (TrainError, DatasetError, RegisterError, ValueError) as exc:  # e.g. rows without difficulty
             fail(str(exc))
-        result = run.result
+        result = trained.run.result
         console.print(
-            f"trained {role} policy: {result.policy_path}  ({result.steps} steps, "
+            f"trained {spec.script.role} policy: {result.policy_path}  ({result.steps} steps, "
             f"{result.wall_s:.0f} s, final reward {result.metrics.get('final_reward', float('nan')):.3f})",
             highlight=False,
         )
-        if spec.script.register:
-            _announce(register_run(store, result.output_dir, parent))
+        if trained.version is not None:
+            _announce(trained.version)
     finally:
         store.close()
 
@@ -120,13 +113,16 @@ def policies_list(
     finally:
         store.close()
     table = Table()
-    for col in ("id", "role", "created", "parent", "model", "adapter", "trained"):
+    # "vN" is version id N (`--attending N`); an untrained checkpoint is "base", with its id.
+    for col in ("version", "role", "created", "parent", "model", "adapter"):
         table.add_column(col)
+    table.add_column("trained", min_width=16)  # its words stay whole in an 80-column terminal
     for p in rows:
+        name = policy_name(p)
         table.add_row(
-            str(p.id),
+            name if name != "base" else f"base ({p.id})",
             p.role,
-            p.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            p.created_at.strftime("%Y-%m-%d %H:%M"),
             str(p.parent_id or "-"),
             p.base_model,
             p.adapter_path or "-",
