@@ -71,7 +71,7 @@ def test_trained_policy_is_registered_served_and_recorded(home, tmp_path, tiny_b
     finally:
         store.close()
     listed = runner.invoke(app, ["policies", "list", "--role", "attending"])
-    assert listed.exit_code == 0 and str(latest.id) in listed.output and "curriculum" in listed.output, listed.output
+    assert listed.exit_code == 0 and str(latest.id) in listed.output and "curriculum" in listed.output
     assert f"v{latest.id}" in listed.output and f"base ({before})" in listed.output  # names users see
     shown = runner.invoke(app, ["policies", "show", str(latest.id)])
     assert shown.exit_code == 0, shown.output
