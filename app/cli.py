@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from app.commands import ask, db, evaluate, export, feedback, runs, train, web_ui
+from app.commands import ask, db, demo, evaluate, export, feedback, runs, train, web_ui
 from app.commands.common import policy_choices
 
 app = typer.Typer(
@@ -38,7 +38,7 @@ def _main(
 
 app.command("tiny-model")(ask.tiny_model)
 app.command()(ask.ask)
-app.command()(ask.demo)
+app.command()(demo.demo)
 app.add_typer(runs.runs_app, name="runs")
 app.add_typer(db.db_app, name="db")
 app.command("ui")(web_ui.ui_command)

@@ -187,6 +187,28 @@ def iter_synthetic_attending_rows(
         }
 
 
+def iter_synthetic_specialist_rows(
+    n: int, *, seed: int = 0, size: int = LEARNING_IMAGE_SIZE
+) -> Iterator[Row]:
+    """``n`` rows of the graph's specialist prompt on synthetic-clinic cases, each for a specialty
+    drawn at random (a triage's picks are not always right), with the options, the gold answer and
+    what the image shows (``modality``, ``seen``): for a format warm-up of every role the graph runs
+    (app/learning_loop.py). Specialists are not trained: no reward reads these rows."""
+    rng = random.Random(f"specialist|{seed}")
+    for c in iter_cases(n, seed=seed, size=size):
+        specialty = rng.choice(SPECIALTIES)
+        yield {
+            "prompt": prompts.specialist_messages(specialty, c.question, c.options, len(c.images)),
+            "images": list(c.images),
+            "options": list(c.options),
+            "answer": c.answer,
+            "case_id": c.case_id,
+            "difficulty": None,
+            "modality": c.modality,
+            "seen": c.seen,
+        }
+
+
 def iter_attending_warmup_rows(seed: int = 0, n: int = ATTENDING_WARMUP_CASES) -> Iterator[Row]:
     """The synthetic clinic's cases for the attending's format warm-up (rl/sft.py): its own draw
     (seed ``ATTENDING_WARMUP_SEED + seed``), apart from the training rows (``seed``) and the

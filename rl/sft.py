@@ -207,12 +207,37 @@ def format_sft(
     """The format SFT: random labels (:func:`warmup_completions`), enough for the section's steps on
     every process, trained by :func:`train_sft` (``options``: its keyword arguments). Teaches the
     format (and an even spread over the choices), not the task."""
+    return graph_format_sft(model_args, {role: rows}, output_dir, section, **options)
+
+
+def graph_format_sft(
+    model_args: PolicyModelConfig,
+    rows_by_role: Mapping[str, Sequence[Row]],
+    output_dir: str | Path,
+    section: Mapping[str, Any],
+    *,
+    shares: Mapping[str, float] | None = None,
+    **options: Any,
+) -> SFTResult:
+    """:func:`format_sft` over several roles' rows at once, shuffled together, each role a share of
+    the steps (``shares``, relative weights; default even): one model that answers every role's
+    prompt in the graph's format, as the learning loop's base serves triage, specialists and
+    attending (app/learning_loop.py)."""
     from rl.processes import run_state
 
-    steps = int(section["max_steps"])
     per_step = int(section.get("per_device_train_batch_size", 8)) * int(
         section.get("gradient_accumulation_steps", 1)
     )
-    n = steps * per_step * run_state().num_processes
-    sft_rows = warmup_completions(rows, role, n, seed=options.get("seed", 0))
+    n = int(section["max_steps"]) * per_step * run_state().num_processes
+    seed = options.get("seed", 0)
+    weights = {role: (shares or {}).get(role, 1.0 if shares is None else 0.0) for role in rows_by_role}
+    total = sum(weights.values())
+    counts = {role: round(n * w / total) for role, w in weights.items()}
+    sft_rows = [
+        row
+        for role, rows in rows_by_role.items()
+        for row in warmup_completions(rows, role, counts[role], seed=seed)
+    ]
+    if len(rows_by_role) > 1:
+        random.Random(f"format-sft|{seed}").shuffle(sft_rows)
     return train_sft(model_args, sft_rows, output_dir, section, **options)

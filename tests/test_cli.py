@@ -105,8 +105,8 @@ def test_runs_show_unknown_id(env):
 
 
 @pytest.mark.slow
-def test_demo_prints_table(env):
-    res = runner.invoke(app, ["demo", "--n", "2"])
+def test_demo_quick_prints_table(env):
+    res = runner.invoke(app, ["demo", "--quick", "--n", "2"])
     assert res.exit_code == 0, res.output
     assert "syn-0-00000" in res.output and "syn-0-00001" in res.output
     assert "trajectories stored in" in res.output

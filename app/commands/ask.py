@@ -1,4 +1,4 @@
-"""Run cases: ``ask`` (one case), ``demo`` (a few synthetic ones) and the ``tiny-model`` they default to."""
+"""Run cases: ``ask`` (one case) and the ``tiny-model`` it defaults to."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from app.commands.common import console, fail, load_settings, open_runtime
 from app.runtime import CaseRequest, InputError, Runtime
 from app.tiny_model import build_tiny_model
-from data.answers import is_correct
 from data.images import ImageError, LoadedImage, load_image
-from data.synthetic import generate_cases
 
 
 def tiny_model(
@@ -81,38 +78,6 @@ def ask(
         )
     if result.status == "error":
         fail(f"run {result.run_id} failed: {result.error}", code=1)
-
-
-def demo(
-    n: Annotated[int, typer.Option(help="number of synthetic cases", min=1, max=200)] = 4,
-    seed: int = 0,
-) -> None:
-    """Build the tiny model if missing, run a few synthetic-clinic cases, show the results."""
-    settings = load_settings()
-    runtime = open_runtime(settings)
-    table = Table(title=f"mmedagent demo: {n} synthetic-clinic cases (seed {seed})")
-    table.add_column("case", no_wrap=True)
-    for col in ("gold specialty", "triage -> specialists", "answer", "gold", "right", "parse", "s"):
-        table.add_column(col)
-    try:
-        for case in generate_cases(n, seed=seed):
-            req = CaseRequest.from_synthetic(case, limits=settings.image_limits(), source="demo")
-            r = runtime.ask(req)
-            right = r.status == "ok" and is_correct(r.answer or "", case.answer, case.options)
-            table.add_row(
-                case.case_id,
-                case.specialty,
-                ", ".join(r.specialties) or "-",
-                (r.answer or r.error or "-")[:40],
-                case.answer,
-                "yes" if right else "no",
-                r.answer_status or r.status,
-                f"{r.wall_s:.2f}",
-            )
-    finally:
-        runtime.close()
-    console.print(table)
-    console.print(f"trajectories stored in {settings.database_url}  (see `mmedagent runs list`)")
 
 
 def _case_images(runtime: Runtime, case: str) -> list[LoadedImage]:

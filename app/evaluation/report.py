@@ -161,6 +161,7 @@ def score_run(rec: RunRecord) -> dict[str, Any]:
         picks = triage.parsed.get("specialties") or []
         entry["triage_top1"] = bool(picks) and picks[0] == rec.gold_specialty
         entry["triage_in_panel"] = rec.gold_specialty in rec.specialties
+        entry["triage_parsed"] = triage.parse_status != "failed"
     return entry
 
 
@@ -221,6 +222,7 @@ def build_report(
             "n": len(triaged),
             "top1": _mean(float(c["triage_top1"]) for c in triaged),
             "in_panel": _mean(float(c["triage_in_panel"]) for c in triaged),
+            "parsed": _mean(float(c["triage_parsed"]) for c in triaged),
         }
         if triaged
         else None,
