@@ -58,7 +58,7 @@ Phase = Callable[[str, int | None], Callable[[], None]]  # (label, total) -> adv
 @dataclass(frozen=True)
 class LoopOptions:
     seed: int = 0
-    cases: int = 384  # stored clinic cases to train on
+    cases: int = 512  # stored clinic cases to train on
     held_out: int = 100
     workers: int = 8  # cases in flight (the local backend batches their model calls)
     steps: int | None = None  # GRPO steps; None: the recipe's

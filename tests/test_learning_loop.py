@@ -16,11 +16,11 @@ from data.store import TrajectoryStore
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.timeout(1200),
+    pytest.mark.timeout(1800),
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
 ]
 
-CASES, HELD_OUT, STEPS = 384, 100, 96  # the loop's defaults
+CASES, HELD_OUT, STEPS = 512, 100, 160  # the loop's defaults
 
 
 def test_the_loop_trains_on_its_stored_runs_and_serves_a_better_triage(tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ def demo(
     ] = False,
     n: Annotated[int, typer.Option(help="--quick: number of cases", min=1, max=200)] = 4,
     seed: int = 0,
-    cases: Annotated[int, typer.Option(help="clinic cases stored and trained on", min=8)] = 384,
+    cases: Annotated[int, typer.Option(help="clinic cases stored and trained on", min=8)] = 512,
     held_out: Annotated[int, typer.Option(help="held-out cases, before and after", min=10)] = 100,
     steps: Annotated[int | None, typer.Option(help="GRPO steps (default: the recipe's)", min=1)] = None,
 ) -> None:
