@@ -29,11 +29,11 @@ from PIL import Image
 
 from app.backends.openai import OpenAIBackend
 from app.config import Settings
+from app.local_serving import TransformersServe
 from app.runtime import CaseRequest, CaseResult, Runtime
 from data.schema import ROLES
 from data.synthetic import generate_cases
 from graph.protocol import ChatRequest, Sampling
-from tests.test_backend_openai import ServeProcess
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def _argv(command: str, model: Path, port: int, adapter: Path) -> tuple[dict[str
     return env, argv
 
 
-class VLLMServer(ServeProcess):
+class VLLMServer(TransformersServe):
     """The documented command on a free port; ``wait_ready`` polls ``/health`` (up once the engine and
     the adapters are loaded)."""
 
