@@ -14,13 +14,15 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.commands.common import console, err, load_settings, open_runtime
+from app.commands.common import console, err, fail, load_settings, open_runtime
 from app.learning_loop import Arm, LoopOptions, LoopResult, paired_difference, run_loop
-from app.policies import policy_name
+from app.policies import RegisterError, policy_name
 from app.runtime import CaseRequest
 from app.tiny_model import ensure_default_model
 from data.answers import is_correct
+from data.migrate import DatabaseNotMigrated
 from data.synthetic import generate_cases
+from graph.protocol import BackendError
 
 
 def demo(
@@ -38,14 +40,20 @@ def demo(
     if quick:
         _quick(n, seed)
         return
+    from rl.datasets import DatasetError
+    from rl.grpo import TrainError
+
     settings = load_settings()
     options = LoopOptions(seed=seed, cases=cases, held_out=held_out, steps=steps)
     started = time.perf_counter()
     log_path = settings.home / "loop" / f"demo-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     # The trainers' metric lines go to the log; their progress bars (stderr) stay on screen.
-    with log_path.open("w") as log_file, redirect_stdout(log_file), _phases() as phase:
-        result = run_loop(settings, options, phase)
+    try:
+        with log_path.open("w") as log_file, redirect_stdout(log_file), _phases() as phase:
+            result = run_loop(settings, options, phase)
+    except (DatabaseNotMigrated, BackendError, TrainError, DatasetError, RegisterError, ValueError) as exc:
+        fail(f"{exc} (the trainers' log: {log_path})")
     _report(result, time.perf_counter() - started, log_path)
 
 
