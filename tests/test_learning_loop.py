@@ -29,7 +29,8 @@ def test_the_loop_trains_on_its_stored_runs_and_serves_a_better_triage(tmp_path,
     monkeypatch.setenv("MMEDAGENT_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = CliRunner().invoke(app, ["demo"])
-    assert res.exit_code == 0, res.output
+    out = without_progress_bars(res.output)
+    assert res.exit_code == 0, out
 
     store = TrajectoryStore(f"sqlite:///{home / 'mmedagent.db'}")
     try:
@@ -51,15 +52,43 @@ def test_the_loop_trains_on_its_stored_runs_and_serves_a_better_triage(tmp_path,
             }
             served[eval_id] = triage
         assert sorted(served.values(), key=sorted) == [{base.id}, {trained.id}]  # before, then `latest`
+        rewards = training_rewards(Path(trained.training_run["output_dir"]))
     finally:
         store.close()
 
-    out = res.output
     assert f"after: triage v{trained.id}" in out
     rise = re.search(r"paired over the \d+ cases: ([+-][\d.]+) pp \[([+-][\d.]+), ([+-][\d.]+)\]", out)
     assert rise, out
-    assert float(rise.group(2)) > 0, out  # the held-out rise's 95 % CI excludes zero
+    assert float(rise.group(2)) > 0, f"{out}\n{rewards}"  # the held-out rise's 95 % CI excludes zero
     assert "the CI excludes zero" in out
     curve = re.search(r"learning curve: (\S+)", out)
     assert curve and Path(curve.group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mmedagent --triage" in out and "ui" in out  # what to try next
+
+
+def without_progress_bars(output: str) -> str:
+    """The demo's printout without the trainers' progress bars (what a failure should show)."""
+    lines = re.split(r"[\r\n]", output)
+    return "\n".join(line for line in lines if line.strip() and not re.search(r"\d+/\d+ \[", line))
+
+
+def training_rewards(run_dir: Path) -> str:
+    """The GRPO run's logged sampled rewards, KL and zero-variance share per step (for a failure)."""
+    import json
+
+    from rl.grpo import RUN_FILE
+
+    keys = (
+        "rewards/triage_format_reward/mean",
+        "rewards/triage_accuracy_reward/mean",
+        "kl",
+        "frac_reward_zero_std",
+    )
+    history = json.loads((run_dir / RUN_FILE).read_text()).get("log_history", [])
+    rows = [
+        f"step {h['step']}: "
+        + " ".join(f"{k.split('/')[-2] if '/' in k else k}={h[k]:.3g}" for k in keys if k in h)
+        for h in history
+        if keys[1] in h
+    ]
+    return "GRPO (format, accuracy, kl, zero-std share):\n" + "\n".join(rows)

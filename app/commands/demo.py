@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -123,41 +124,38 @@ def _report(result: LoopResult, wall_s: float, log_path: Path) -> None:
     for label, before, after in columns:
         table.add_row(label, before, after)
     console.print(table)
+    # Soft wrap: the terminal folds long lines, Rich inserts no newline into a path or a figure.
+    say = partial(console.print, highlight=False, soft_wrap=True)
     delta, lo, hi = paired_difference(result.before, result.after)
     verdict = "the CI excludes zero" if lo > 0 else "the CI does NOT exclude zero"
-    console.print(
+    say(
         f"triage accuracy after − before, paired over the {n} cases: {100 * delta:+.1f} pp "
-        f"[{100 * lo:+.1f}, {100 * hi:+.1f}] (95 % bootstrap CI): {verdict}",
-        highlight=False,
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}] (95 % bootstrap CI): {verdict}"
     )
     run = result.trained.run
     t = result.timings
-    console.print(
+    say(
         f"trained on {run.rows} stored triage steps of the {result.stored_cases} clinic cases asked in "
         f"this run ({run.result.steps} GRPO steps); whole loop {wall_s:.0f} s (warm-up {t['base']:.0f} s, "
-        f"clinic {t['clinic']:.0f} s, GRPO {t['train']:.0f} s, held out {t['held_out']:.0f} s)",
-        highlight=False,
+        f"clinic {t['clinic']:.0f} s, GRPO {t['train']:.0f} s, held out {t['held_out']:.0f} s)"
     )
-    console.print(f"database:       {result.database}", highlight=False)
-    console.print(
+    say(f"database:       {result.database}")
+    say(
         f"held-out evals: {result.before.report['eval_id']} (before), "
-        f"{result.after.report['eval_id']} (after)",
-        highlight=False,
+        f"{result.after.report['eval_id']} (after)"
     )
-    console.print(f"training run:   {run.result.output_dir}", highlight=False)
+    say(f"training run:   {run.result.output_dir}")
     if result.curve is not None:
-        console.print(f"learning curve: {result.curve}", highlight=False)
-    console.print(f"training log:   {log_path}", highlight=False)
+        say(f"learning curve: {result.curve}")
+    say(f"training log:   {log_path}")
     version = result.trained.version
     serve = f"MMEDAGENT_MODEL={result.base} mmedagent --triage {version.id if version else 'latest'}"
-    console.print("\nNext:", highlight=False)
-    console.print(f"  {serve} ui", highlight=False)
-    console.print(
-        "      the clinic's chat on this loop's models, the triage the trained one", highlight=False
-    )
-    console.print("  mmedagent runs list       the stored runs (`mmedagent runs show RUN_ID`: every step)")
-    console.print("  mmedagent policies list   the versions: base and the trained one")
-    console.print("  mmedagent export --role triage --out triage-data   the stored triage steps as a dataset")
+    say("\nNext:")
+    say(f"  {serve} ui")
+    say("      the clinic's chat on this loop's models, the triage the trained one")
+    say("  mmedagent runs list       the stored runs (`mmedagent runs show RUN_ID`: every step)")
+    say("  mmedagent policies list   the versions: base and the trained one")
+    say("  mmedagent export --role triage --out triage-data   the stored triage steps as a dataset")
 
 
 def _quick(n: int, seed: int) -> None:
