@@ -342,15 +342,19 @@ def _row(
 
 
 def iter_batches(
-    store: TrajectoryStore, flt: ExportFilter, batch_size: int = 256
+    store: TrajectoryStore, flt: ExportFilter, batch_size: int = 256, *, by_case: bool = False
 ) -> Iterator[list[dict[str, Any]]]:
     """The exported rows, ``batch_size`` at a time, in step order, from one consistent read.
 
+    ``by_case``: in case order instead (case id, then when the run started, then the step), an
+    order that does not depend on which of several concurrent writers stored its run first: the
+    same stored runs give the same rows in the same order (what training needs to be repeatable).
     The step query streams (``yield_per``: a server-side cursor on PostgreSQL); rewards, opinions
     and image bytes are fetched per batch, so memory holds one batch, whatever the total.
     """
+    order = (Run.case_id, Run.created_at, Step.seq, Step.id) if by_case else (Step.id,)
     with store.session() as s:
-        result = s.execute(_query(flt).order_by(Step.id).execution_options(yield_per=batch_size))
+        result = s.execute(_query(flt).order_by(*order).execution_options(yield_per=batch_size))
         for part in result.partitions():
             rewards = _rewards_by_step(s, [st.id for st in part])
             attending = [st.run_id for st in part if st.role == "attending"]

@@ -265,7 +265,8 @@ def rows_from_store(
 def iter_rows_from_store(
     store: TrajectoryStore, role: str, *, since: Any = None, reward_source: str = "gold"
 ) -> Iterator[Row]:
-    """Rows for ``role`` from every finished, labelled run in the store, one at a time.
+    """Rows for ``role`` from every finished, labelled run in the store, one at a time, in case
+    order (data/export.py ``iter_batches``).
 
     ``reward_source``: ``gold`` (the run's gold label), ``clinician`` (the answer by the latest
     clinician verdict on the run) or ``both`` (gold, else the clinician's). Clinicians judge the
@@ -281,7 +282,8 @@ def iter_rows_from_store(
     if reward_source != "gold" and role != "attending":
         raise DatasetError("clinician verdicts judge the final answer: they label the attending only")
     flt = ExportFilter(role=role, since=since, status="ok", with_gold=reward_source == "gold")
-    records: Iterable[dict[str, Any]] = (r for batch in iter_batches(store, flt) for r in batch)
+    # Case order: the same stored runs train the same way, however concurrent writers stored them.
+    records: Iterable[dict[str, Any]] = (r for batch in iter_batches(store, flt, by_case=True) for r in batch)
     if reward_source != "gold":
         records = _clinician_labelled(records, store.clinician_answers(), keep_gold=reward_source == "both")
     yield from rows_from_export(records, role)

@@ -164,6 +164,26 @@ def test_clinician_verdicts_label_runs_latest_verdict_wins(settings, store):
         rows_from_store(store, "triage", reward_source="clinician")
 
 
+def test_rows_from_the_store_come_in_case_order_whoever_stored_first(settings, store):
+    """Concurrent writers store runs in any order; training reads them in case order, so the same
+    stored runs and seed train the same way."""
+    from rl.datasets import rows_from_store
+    from tests.trajectories import make_runs
+
+    later = make_runs(settings, store, [3, 3], seed=1)  # stored first: syn-1-…
+    earlier = make_runs(settings, store, [3, 3], seed=0)
+    stored = [r.run_id for r in later + earlier]
+    assert [store.get_run(i).case_id for i in stored] == [
+        "syn-1-00000",
+        "syn-1-00001",
+        "syn-0-00000",
+        "syn-0-00001",
+    ]
+    for role in ("triage", "attending"):
+        cases = [r["case_id"] for r in rows_from_store(store, role)]
+        assert cases == ["syn-0-00000", "syn-0-00001", "syn-1-00000", "syn-1-00001"], role
+
+
 def test_served_adapter_and_merged_checkpoint_match_the_trainers_model(
     tiny_model_dir, tmp_path, pool, monkeypatch
 ):
