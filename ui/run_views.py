@@ -14,6 +14,7 @@ from data.run_view import run_report
 from data.store import TrajectoryStore
 from ui.run_diff import diff_html
 from ui.timeline import timeline_figure
+from ui.user_errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,10 @@ def build_run_views(store: TrajectoryStore) -> RunViews:
         runs = {}
         for name, rid in (("A", id_a), ("B", id_b)):
             if not (rid or "").strip():
-                raise gr.Error(f"Run {name}: paste a run id")
+                raise user_error(f"Run {name}: paste a run id")
             found = run_report(store, rid)
             if found is None:
-                raise gr.Error(f"Run {name}: no run {rid.strip()!r}")
+                raise user_error(f"Run {name}: no run {rid.strip()!r}")
             runs[name] = found
         return diff_html(runs["A"], runs["B"])
 

@@ -20,6 +20,7 @@ from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, 
 from data.schema import ROLES
 from data.store import TrajectoryStore
 from ui.queries import reward_histogram, step_counts
+from ui.user_errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ def build_trajectories_tab(store: TrajectoryStore, workdir: Path) -> Trajectorie
         try:
             path, rows = export_download(store, flt, fmt_, workdir, on_rows)
         except ImportError as exc:  # parquet/hf need the train extra's pyarrow + datasets
-            raise gr.Error(f"{fmt_} export needs {exc.name}: pip install 'mmedagent-rl[train]'") from None
+            raise user_error(f"{fmt_} export needs {exc.name}: pip install 'mmedagent-rl[train]'") from None
         log.info("UI export: %d %s rows as %s", rows, role_, fmt_)
         return f"Exported **{rows}** {role_} rows as {fmt_} (`{path.name}`).", str(path)
 
