@@ -12,6 +12,7 @@ import gradio as gr
 from app.run_graph import run_graph_svg
 from data.run_view import run_report
 from data.store import TrajectoryStore
+from ui.policy_names import name_run_policies
 from ui.run_diff import diff_html
 from ui.timeline import timeline_figure
 from ui.user_errors import user_error
@@ -62,7 +63,7 @@ def build_run_views(store: TrajectoryStore) -> RunViews:
             found = run_report(store, rid)
             if found is None:
                 raise user_error(f"Run {name}: no run {rid.strip()!r}")
-            runs[name] = found
+            runs[name] = name_run_policies(store, found)
         return diff_html(runs["A"], runs["B"])
 
     go.click(compare, [a, b], table, api_name="compare_runs")

@@ -19,6 +19,7 @@ from data.difficulty import LEVELS
 from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, parse_since
 from data.schema import ROLES
 from data.store import TrajectoryStore
+from ui.policy_names import policy_names
 from ui.queries import reward_histogram, step_counts
 from ui.user_errors import user_error
 
@@ -28,15 +29,17 @@ COUNT_COLUMNS = ["role", "policy version", "difficulty", "steps", "runs"]
 
 
 def counts_table(store: TrajectoryStore) -> list[list[Any]]:
+    counts = step_counts(store)
+    names = policy_names(store, [c["policy_version"] for c in counts])
     return [
         [
             c["role"],
-            "—" if c["policy_version"] is None else c["policy_version"],
+            names[c["policy_version"]],
             c["difficulty"],
             c["steps"],
             c["runs"],
         ]
-        for c in step_counts(store)
+        for c in counts
     ]
 
 
