@@ -197,3 +197,21 @@ def test_policy_versions_show_as_policies_list_names_not_database_ids(store, run
     labels = [label for label, _ in policy_choices(store)]
     assert f"attending v{trained.id} · {base.base_model.rsplit('/', 1)[-1]}" in labels
     assert not any(label.startswith("#") for label in labels)
+
+
+def test_rewards_chart_counts_each_runs_latest_verdict_once(store, runs):
+    """A verdict changed twice on one run, once on another: two clinician verdicts in the chart and
+    the overview, by their latest values; the replaced ones stay stored."""
+    from ui.trajectories import overview, reward_frame
+
+    first, second = runs[0].run_id, runs[1].run_id
+    store.add_feedback(first, correct=True)
+    store.add_feedback(first, correct=False, answer="B")
+    store.add_feedback(first, correct=True)  # the clinician's final word on the first run
+    store.add_feedback(second, correct=False, answer="C")
+    hist = {h["value"]: h["count"] for h in reward_histogram(store) if h["kind"] == "clinician"}
+    assert hist == {1.0: 1, 0.0: 1}
+    frame = reward_frame(store)
+    assert frame[frame["reward"] == "attending · clinician"]["count"].sum() == 2
+    assert "**2** clinician verdicts" in overview(store)
+    assert len([r for r in store.rewards(first) if r.source == "clinician"]) == 3  # history kept
