@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 from pydantic import SecretStr
 
 from app.config import Settings, UISettings
 from app.runtime import Runtime
 from data.schema import ROLES
 from tests.scripted import ScriptedBackend
-from tests.ui_server import serving
+from tests.ui_server import chromium, serving
 from ui.login_limit import LoginLimiter
 
 
@@ -74,12 +77,20 @@ def login(url: str, username: str, password: str) -> httpx.Response:
     return httpx.post(f"{url}/login", files={"username": (None, username), "password": (None, password)})
 
 
-def test_the_served_app_refuses_even_the_right_password_after_six_failures(tmp_path, caplog):
+@contextmanager
+def login_server(home: Path) -> Iterator[str]:
+    """The app with a login (clinic / s3cret-pass), served on loopback; no question is asked."""
     ui = UISettings(username="clinic", password=SecretStr("s3cret-pass"))
-    scripted = ScriptedBackend(lambda _: "")  # no question is asked: logins only
-    runtime = Runtime(Settings(home=tmp_path / "home", ui=ui), backends=dict.fromkeys(ROLES, scripted))
-    caplog.set_level(logging.INFO, logger="ui.login_limit")
+    scripted = ScriptedBackend(lambda _: "")
+    runtime = Runtime(Settings(home=home, ui=ui), backends=dict.fromkeys(ROLES, scripted))
     with closing(runtime), serving(runtime) as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_the_served_app_refuses_even_the_right_password_after_six_failures(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ui.login_limit")
+    with login_server(tmp_path / "home") as url:
         assert login(url, "clinic", "s3cret-pass").status_code == 200  # the login works ...
         wrong = [login(url, "clinic", f"guess-{i}").status_code for i in range(6)]
         assert wrong == [400] * 6
@@ -94,3 +105,28 @@ def test_the_served_app_refuses_even_the_right_password_after_six_failures(tmp_p
     assert any(line.startswith("login refused: user 'clinic' from 127.0.0.1") for line in lines), lines
     assert not any("s3cret-pass" in line or "guess-" in line for line in lines)
     assert not any("s3cret-pass" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_login_page_refuses_a_locked_out_browser_and_states_the_rule(tmp_path):
+    with login_server(tmp_path / "home") as url, chromium() as browser:
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        expect(page.get_by_text("refused for a while")).to_be_visible()  # the rule, before any try
+
+        def log_in(password: str) -> None:
+            page.get_by_label("username").fill("clinic")
+            page.get_by_label("password").fill(password)
+            with page.expect_response(lambda r: r.url.endswith("/login")) as answer:
+                page.get_by_role("button", name="Login").click()
+            assert answer.value.status == 400
+
+        for i in range(6):
+            log_in(f"guess-{i}")
+        log_in("s3cret-pass")  # the right password, refused
+        expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+        page.reload()
+        expect(page.get_by_label("password")).to_be_visible()  # still the login page, not the app
+        expect(page.locator("#case-input")).to_have_count(0)
