@@ -79,3 +79,10 @@ def policy_name(policy: PolicyVersion | None) -> str:
         return "unknown"
     trained = bool(policy.training_run) or policy.parent_id is not None or policy.adapter_path is not None
     return f"v{policy.id}" if trained else "base"
+
+
+def listed_name(policy: PolicyVersion | None) -> str:
+    """A policy version as ``mmedagent policies list`` names it: ``v3``, or ``base (1)`` for an
+    untrained checkpoint (its id tells the roles' base rows apart)."""
+    name = policy_name(policy)
+    return f"base ({policy.id})" if policy is not None and name == "base" else name

@@ -147,10 +147,12 @@ def _opinions(run: dict[str, Any]) -> dict[str, str]:
 
 
 def _policies(run: dict[str, Any]) -> dict[str, str]:
+    """Each role's policy version: by its ``name`` where the caller added one, else ``#id``."""
+    names = {p["id"]: p["name"] for p in run.get("policies", []) if p.get("name")}
     out: dict[str, str] = {}
     for st in run["steps"]:
         pid = st.get("policy_version_id")
-        out.setdefault(st["role"], "—" if pid is None else f"#{pid}")
+        out.setdefault(st["role"], "—" if pid is None else names.get(pid, f"#{pid}"))
     return out
 
 

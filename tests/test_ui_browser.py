@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import threading
 import uuid
@@ -354,6 +355,15 @@ def test_bad_file_shows_an_error_in_the_chat_and_writes_no_run(page, app_url, as
     shot(page, "chat-bad-file")
 
 
+# The viewer's picture once loaded: its fitted zoom and that zoom x 1.25, in percent as the label rounds.
+FITTED_ZOOM_JS = """async () => {
+  const img = document.querySelector("#viewer img.viewer-image");
+  if (!img.complete) await new Promise((done) => img.addEventListener("load", done, { once: true }));
+  const fitted = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  return [Math.round(fitted * 100), Math.round(fitted * 125)];
+}"""
+
+
 def _files_containing(folder: Path, needles: list[bytes]) -> list[Path]:
     found = []
     for path in folder.rglob("*"):
@@ -408,13 +418,20 @@ def test_dicom_named_im0001_is_answered_and_leaves_no_header_anywhere(page, app_
         assert _files_containing(folder, needles) == [], folder
     database = app_runtime.settings.database_url.removeprefix("sqlite:///")
     assert not any(n in Path(database).read_bytes() for n in needles)
-    # The viewer shows it with window/level presets (view only) and zooms.
+    # The viewer shows it with window/level presets (view only) and zooms; the label is the real
+    # zoom (the 64-pixel image fitted to the stage is well over 100%), and a preset keeps it.
     preset = page.locator("#viewer-preset")
     expect(preset).to_be_visible()
+    zoom = page.locator("#viewer .viewer-zoom")
+    fitted, zoomed = page.evaluate(FITTED_ZOOM_JS)
+    assert fitted > 200, fitted
+    expect(zoom).to_have_text(f"{fitted}%")
+    page.click("#viewer button[data-zoom=in]")
+    expect(zoom).to_have_text(f"{zoomed}%")
     preset.get_by_text("lung").click()
     expect(page.locator("#viewer")).to_contain_text("lung (L -600, W 1500)")
-    page.click("#viewer button[data-zoom=in]")
-    expect(page.locator("#viewer .viewer-zoom")).to_have_text("125%")
+    expect(zoom).to_have_text(f"{zoomed}%")
+    expect(page.locator("#viewer img.viewer-image")).to_have_attribute("style", re.compile(r"scale\(1\.25\)"))
     shot(page, "chat-dicom")
 
 

@@ -165,3 +165,53 @@ def test_traces_groups_runs_by_case_shows_questions_and_explains_bad_dates(db_se
         run_filter("any", "any", "24/11/2026", "", "any")
     with pytest.raises(FilterError, match="is before"):
         run_filter("any", "any", "2026-11-24", "2026-11-20", "any")
+
+
+def test_policy_versions_show_as_policies_list_names_not_database_ids(store, runs):
+    """A fresh install serves untrained checkpoints: "base (id)" as `policies list` says, never "v3"
+    or "policy version 3"; a trained version is "vN"."""
+    from app.policies import listed_name
+    from data.run_view import diff_runs
+    from ui.policy_names import name_run_policies
+    from ui.timeline import timeline_figure
+    from ui.traces import policy_choices
+    from ui.trajectories import counts_table
+
+    bases = {p.id: f"base ({p.id})" for p in store.list_policies()}
+    assert [listed_name(p) for p in store.list_policies()] == list(bases.values())
+    record = run_record(store, runs[0].run_id)
+    assert {st["policy"] for st in record["steps"]} <= set(bases.values())
+    assert {p["name"] for p in record["policies"]} == {st["policy"] for st in record["steps"]}
+    hovers = [t for trace in timeline_figure(record).data for t in trace.hovertext]
+    assert all(" · policy base (" in h for h in hovers) and not any("policy version" in h for h in hovers)
+    assert {row[1] for row in counts_table(store)} == set(bases.values())
+    moved = name_run_policies(store, run_record(store, runs[4].run_id))
+    rows = {r.field: (r.a, r.b) for r in diff_runs(record, moved)}
+    a, b = rows["policy · specialist"]
+    assert a != b and a in bases.values() and b in bases.values()
+
+    base = store.latest_policy("attending")
+    trained = store.register_policy(
+        "attending", base.base_model, "f" * 64, parent_id=base.id, training_run={"steps": 8}
+    )
+    labels = [label for label, _ in policy_choices(store)]
+    assert f"attending v{trained.id} · {base.base_model.rsplit('/', 1)[-1]}" in labels
+    assert not any(label.startswith("#") for label in labels)
+
+
+def test_rewards_chart_counts_each_runs_latest_verdict_once(store, runs):
+    """A verdict changed twice on one run, once on another: two clinician verdicts in the chart and
+    the overview, by their latest values; the replaced ones stay stored."""
+    from ui.trajectories import overview, reward_frame
+
+    first, second = runs[0].run_id, runs[1].run_id
+    store.add_feedback(first, correct=True)
+    store.add_feedback(first, correct=False, answer="B")
+    store.add_feedback(first, correct=True)  # the clinician's final word on the first run
+    store.add_feedback(second, correct=False, answer="C")
+    hist = {h["value"]: h["count"] for h in reward_histogram(store) if h["kind"] == "clinician"}
+    assert hist == {1.0: 1, 0.0: 1}
+    frame = reward_frame(store)
+    assert frame[frame["reward"] == "attending · clinician"]["count"].sum() == 2
+    assert "**2** clinician verdicts" in overview(store)
+    assert len([r for r in store.rewards(first) if r.source == "clinician"]) == 3  # history kept

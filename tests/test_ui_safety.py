@@ -68,6 +68,8 @@ def test_cli_refuses_a_network_bind_without_login_before_loading_anything(tmp_pa
     out = _mmedagent_ui("--host", "0.0.0.0", env=env)
     assert out.returncode == 2
     assert "requires a login" in out.stderr and "MMEDAGENT_UI__PASSWORD" in out.stderr
+    # as typed: Rich markup would drop "[ui]" and leave a double space
+    assert "(or [ui] username/password in mmedagent.toml)" in out.stderr
     assert not (tmp_path / "home").exists()  # refused before the model or the database was touched
     half = _mmedagent_ui("--host", "127.0.0.1", env={**env, "MMEDAGENT_UI__USERNAME": "clinic"})
     assert half.returncode == 2 and "PASSWORD" in half.stderr

@@ -1,7 +1,8 @@
 """The Gradio app: Chat (clinicians), Traces (developers), Trajectories (trainers).
 
 ``build_app(runtime)`` returns the Blocks; ``launch`` serves it with the safe defaults: loopback
-unless a login is configured, uploads capped at ``max_image_bytes``, errors without internals.
+unless a login is configured, failed logins limited per client, uploads capped at
+``max_image_bytes``, errors without internals.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from ui.chat import RECENT_CASES_JS, build_chat_tab
+from ui.login_limit import FREE_FAILURES, LimitLogins
 from ui.safety import DISCLAIMER, RefusedFilesAreNotFound, check_bind
 from ui.traces import build_traces_tab
 from ui.trajectories import build_trajectories_tab
@@ -129,7 +131,10 @@ def launch(
         server_name=host,
         server_port=port or settings.ui.port,
         auth=auth,
-        auth_message="mmedagent — research software, not for clinical decisions. Please log in.",
+        auth_message=(
+            "mmedagent — research software, not for clinical decisions. Please log in. After "
+            f"{FREE_FAILURES} failed logins in a row, logins from your address are refused for a while."
+        ),
         max_file_size=settings.max_image_bytes,
         show_error=False,
         ssr_mode=False,
@@ -138,7 +143,7 @@ def launch(
         quiet=quiet,
         css=CSS,
         app_kwargs={
-            "middleware": [Middleware(RefusedFilesAreNotFound)],
+            "middleware": [Middleware(RefusedFilesAreNotFound), Middleware(LimitLogins)],
             "lifespan": remove_on_shutdown(Path(demo.served_files.name)),
         },
     )

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import selectinload
 from sqlalchemy.sql import Select
 
 from data.difficulty import level_of, run_scores
 from data.schema import Reward, Run, Step
-from data.store import TrajectoryStore
+from data.store import TrajectoryStore, latest_verdict_ids
 
 NO_DIFFICULTY = "none"
 
@@ -91,9 +91,12 @@ def step_counts(store: TrajectoryStore) -> list[dict[str, Any]]:
 
 
 def reward_histogram(store: TrajectoryStore) -> list[dict[str, Any]]:
-    """How often each reward value occurs, per role and kind."""
+    """How often each reward value occurs, per role and kind; a run's clinician verdict counts once,
+    by its latest (a changed verdict replaces the earlier, which stays stored as history)."""
+    verdict = and_(Reward.kind == "clinician", Reward.source == "clinician")
     stmt = (
         select(Reward.role, Reward.kind, Reward.value, func.count(Reward.id))
+        .where(or_(~verdict, Reward.id.in_(latest_verdict_ids())))
         .group_by(Reward.role, Reward.kind, Reward.value)
         .order_by(Reward.role, Reward.kind, Reward.value)
     )

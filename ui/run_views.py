@@ -12,8 +12,10 @@ import gradio as gr
 from app.run_graph import run_graph_svg
 from data.run_view import run_report
 from data.store import TrajectoryStore
+from ui.policy_names import name_run_policies
 from ui.run_diff import diff_html
 from ui.timeline import timeline_figure
+from ui.user_errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,11 @@ def build_run_views(store: TrajectoryStore) -> RunViews:
         runs = {}
         for name, rid in (("A", id_a), ("B", id_b)):
             if not (rid or "").strip():
-                raise gr.Error(f"Run {name}: paste a run id")
+                raise user_error(f"Run {name}: paste a run id")
             found = run_report(store, rid)
             if found is None:
-                raise gr.Error(f"Run {name}: no run {rid.strip()!r}")
-            runs[name] = found
+                raise user_error(f"Run {name}: no run {rid.strip()!r}")
+            runs[name] = name_run_policies(store, found)
         return diff_html(runs["A"], runs["B"])
 
     go.click(compare, [a, b], table, api_name="compare_runs")

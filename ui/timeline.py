@@ -15,13 +15,13 @@ SOLO_COLOR = "#64748b"
 BATCH_COLORS = ("#2563eb", "#9333ea", "#0d9488", "#ea580c", "#db2777", "#65a30d")
 
 
-def _hover(bar: Bar) -> str:
+def _hover(bar: Bar, policies: dict[int, str]) -> str:
     batch = f"{bar.batch} · {bar.batch_size} request(s) in that generate" if bar.batch else "not batched"
     return (
         f"<b>{bar.label}</b><br>start {bar.start_s:.3f} s · wait {bar.wait_s:.3f} s"
         f" · model {bar.model_s:.3f} s"
         f"<br>tokens in {bar.prompt_tokens} · out {bar.completion_tokens}<br>{batch}"
-        f"<br>parse {bar.parse_status} · policy version {bar.policy_version_id or '—'}"
+        f"<br>parse {bar.parse_status} · policy {policies.get(bar.policy_version_id, '—')}"
     )
 
 
@@ -34,6 +34,7 @@ def timeline_figure(run: dict[str, Any]) -> go.Figure:
     coloured = the model call. Calls that shared one batched generate share a colour and a legend
     entry "batch N (k calls)"; a failed parse is red. Hover a bar for its tokens in/out."""
     bars = timeline(run)
+    policies = {p["id"]: p.get("name") or f"#{p['id']}" for p in run.get("policies", [])}
     rows = [f"{b.seq}. {b.label}" for b in bars]
     shared = {b.batch for b in bars if b.batch and sum(x.batch == b.batch for x in bars) > 1}
     fig = go.Figure()
@@ -45,7 +46,7 @@ def timeline_figure(run: dict[str, Any]) -> go.Figure:
             base=[b.start_s for b in bars],
             orientation="h",
             marker_color=WAIT_COLOR,
-            hovertext=[_hover(b) for b in bars],
+            hovertext=[_hover(b, policies) for b in bars],
             hoverinfo="text",
         )
     )
@@ -72,7 +73,7 @@ def timeline_figure(run: dict[str, Any]) -> go.Figure:
                     # a failed parse inside a shared batch keeps the batch colour, outlined in red
                     "line": {"color": [_edge(bars[i], color) for i in members], "width": 2},
                 },
-                hovertext=[_hover(bars[i]) for i in members],
+                hovertext=[_hover(bars[i], policies) for i in members],
                 hoverinfo="text",
                 meta={"batch": key if key in shared else None},
             )

@@ -13,9 +13,11 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from app.policies import listed_name
 from data.difficulty import LEVELS
 from data.run_view import run_report
 from data.store import TrajectoryStore
+from ui.policy_names import name_run_policies
 from ui.queries import NO_DIFFICULTY, RunFilter, find_runs, run_difficulty
 from ui.run_views import build_run_views
 from ui.safety import redact_paths
@@ -94,7 +96,7 @@ def policy_choices(store: TrajectoryStore) -> list[tuple[str, str]]:
     choices = [("any", ANY)]
     for p in store.list_policies():
         adapter = f" + {Path(p.adapter_path).name}" if p.adapter_path else ""
-        choices.append((f"#{p.id} {p.role} · {Path(p.base_model).name}{adapter}", str(p.id)))
+        choices.append((f"{p.role} {listed_name(p)} · {Path(p.base_model).name}{adapter}", str(p.id)))
     return choices
 
 
@@ -105,6 +107,7 @@ def run_record(store: TrajectoryStore, run_id: str) -> dict[str, Any] | None:
         return None
     data["error"] = redact_paths(data["error"])
     data["difficulty"] = run_difficulty(store, data["run_id"])
+    name_run_policies(store, data)
     for st in data["steps"]:
         st["model_id"] = redact_paths(st["model_id"])
     for p in data["policies"]:
@@ -238,7 +241,7 @@ def build_traces_tab(store: TrajectoryStore, downloads: Path) -> TracesTab:
         for st in run["steps"]:
             with gr.Accordion(step_title(st), open=False, elem_classes=["trace-step"]):
                 gr.Markdown(
-                    f"model `{st['model_id']}` · policy version {st['policy_version_id']} · images "
+                    f"model `{st['model_id']}` · policy {st['policy']} · images "
                     f"{', '.join(h[:12] for h in st['image_refs']) or '—'} · started {st['started_at']}"
                 )
                 gr.JSON(

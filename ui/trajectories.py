@@ -19,7 +19,9 @@ from data.difficulty import LEVELS
 from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, parse_since
 from data.schema import ROLES
 from data.store import TrajectoryStore
+from ui.policy_names import policy_names
 from ui.queries import reward_histogram, step_counts
+from ui.user_errors import user_error
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +29,17 @@ COUNT_COLUMNS = ["role", "policy version", "difficulty", "steps", "runs"]
 
 
 def counts_table(store: TrajectoryStore) -> list[list[Any]]:
+    counts = step_counts(store)
+    names = policy_names(store, [c["policy_version"] for c in counts])
     return [
         [
             c["role"],
-            "—" if c["policy_version"] is None else c["policy_version"],
+            names[c["policy_version"]],
             c["difficulty"],
             c["steps"],
             c["runs"],
         ]
-        for c in step_counts(store)
+        for c in counts
     ]
 
 
@@ -177,7 +181,7 @@ def build_trajectories_tab(store: TrajectoryStore, workdir: Path) -> Trajectorie
         try:
             path, rows = export_download(store, flt, fmt_, workdir, on_rows)
         except ImportError as exc:  # parquet/hf need the train extra's pyarrow + datasets
-            raise gr.Error(f"{fmt_} export needs {exc.name}: pip install 'mmedagent-rl[train]'") from None
+            raise user_error(f"{fmt_} export needs {exc.name}: pip install 'mmedagent-rl[train]'") from None
         log.info("UI export: %d %s rows as %s", rows, role_, fmt_)
         return f"Exported **{rows}** {role_} rows as {fmt_} (`{path.name}`).", str(path)
 

@@ -31,15 +31,18 @@ PRESETS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 
-# Zoom with the wheel or the +/- buttons, pan by dragging, double-click to fit again.
+# Zoom with the wheel or the +/- buttons, pan by dragging, double-click to fit again. The label
+# shows the real zoom: screen pixels per image pixel (a 64-pixel image fitted to the stage: 656%).
 VIEWER_JS = """
-const state = { zoom: 1, x: 0, y: 0, drag: null, img: null };
+const state = { zoom: 1, x: 0, y: 0, drag: null };
 const apply = () => {
   const img = element.querySelector("img.viewer-image");
   if (img) img.style.transform = `translate(${state.x}px, ${state.y}px) scale(${state.zoom})`;
   const label = element.querySelector(".viewer-zoom");
-  const text = `${Math.round(state.zoom * 100)}%`;
-  if (label && label.textContent !== text) label.textContent = text;
+  if (!img || !label || !img.naturalWidth) return;  // measured again once the picture has loaded
+  const fitted = Math.min(img.clientWidth / img.naturalWidth, img.clientHeight / img.naturalHeight);
+  const text = `${Math.round(fitted * state.zoom * 100)}%`;
+  if (label.textContent !== text) label.textContent = text;
 };
 const zoomBy = (f) => { state.zoom = Math.min(16, Math.max(0.25, state.zoom * f)); apply(); };
 const reset = () => { state.zoom = 1; state.x = 0; state.y = 0; apply(); };
@@ -65,11 +68,12 @@ element.addEventListener("click", (e) => {
   const how = button.dataset.zoom;
   if (how === "in") zoomBy(1.25); else if (how === "out") zoomBy(0.8); else reset();
 });
-// A new picture (another image or preset) keeps the zoom and pan the user chose.
-new MutationObserver(() => {
-  const img = element.querySelector("img.viewer-image");
-  if (img !== state.img) { state.img = img; apply(); }
-}).observe(element, { childList: true, subtree: true });
+// A new picture (another image or preset) re-renders the template, which drops the transform and
+// the label: they are put back, so the zoom and pan the user chose stay.
+watch("value", apply);
+element.addEventListener("load", apply, true);  // a picture's size is known once it has loaded
+window.addEventListener("resize", apply);
+apply();
 """
 
 VIEWER_CSS = """
@@ -122,7 +126,7 @@ def viewer_html(image: Image.Image | None, caption: str = "") -> str:
         f"<div class='viewer-stage'><img class='viewer-image' alt='case image' draggable='false' "
         f"src='{_data_url(image)}'></div>"
         "<div class='viewer-tools'><button data-zoom='out' title='zoom out'>−</button>"
-        "<span class='viewer-zoom'>100%</span><button data-zoom='in' title='zoom in'>+</button>"
+        "<span class='viewer-zoom'>fit</span><button data-zoom='in' title='zoom in'>+</button>"
         f"<button data-zoom='fit' title='fit (or double-click)'>fit</button><span>{caption}</span></div>"
     )
 

@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from app.config import Settings
 from app.runtime import Runtime
@@ -23,8 +24,11 @@ policy_choices: dict[str, dict[str, str]] = {}
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a one-line reason and exit (2 = bad input, 1 = the run itself failed)."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    """Print a one-line reason and exit (2 = bad input, 1 = the run itself failed).
+
+    ``message`` is plain text: brackets in it (``[ui]``, ``pip install '…[train]'``) are shown as typed.
+    """
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from app.commands.common import console, err, fail, load_settings, open_store
-from app.policies import RegisterError, policy_name, register_run
+from app.policies import RegisterError, listed_name, register_run
 from app.tiny_model import ensure_default_model
 from app.training import train_and_register
 from data.schema import PolicyVersion
@@ -118,9 +118,8 @@ def policies_list(
         table.add_column(col)
     table.add_column("trained", min_width=16)  # its words stay whole in an 80-column terminal
     for p in rows:
-        name = policy_name(p)
         table.add_row(
-            name if name != "base" else f"base ({p.id})",
+            listed_name(p),
             p.role,
             p.created_at.strftime("%Y-%m-%d %H:%M"),
             str(p.parent_id or "-"),
