@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 CSS = """
 #disclaimer { border-left: 4px solid #d97706; padding: 0.2em 0.9em; background: rgba(217, 119, 6, 0.08); }
 .inline-error { color: #b91c1c; }
+/* A model's raw output (shown when nothing could be read from it) wraps instead of scrolling. */
+#case-chat pre, #case-chat pre code { white-space: pre-wrap !important; overflow-wrap: anywhere; }
 @media (max-width: 700px) {
   /* Narrow screens: rows of controls stack instead of squeezing side by side. */
   .gradio-container .row { flex-direction: column !important; align-items: stretch !important; }

@@ -32,6 +32,7 @@ from data.synthetic import SyntheticCase, make_case
 from ui.case_queue import CaseQueue
 from ui.queries import case_runs
 from ui.safety import redact_paths
+from ui.text import as_text
 from ui.uploads import Upload, check_content, stage_upload, take_uploads
 from ui.viewer import build_viewer, show, window_views
 
@@ -74,6 +75,7 @@ class ChatSession:
     history: list[Message] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)
     running: bool = False
+    place: int = 0  # its place in line while its question waits for a case slot (0: not waiting)
     # Window/level renderings of DICOM uploads for the viewer (memory only), by image sha.
     windows: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The sample case in the input, until it is sent: sent unchanged, it is asked with its gold answer.
@@ -97,7 +99,7 @@ def _parse_note(record: dict[str, Any], *, raw: bool = True) -> str:
     status, error = record.get("parse_status"), (record.get("parsed") or {}).get("error")
     if status == "ok":
         return ""
-    note = f"\n\n_Output format {status}{': ' + error if error else ''}._"
+    note = f"\n\n_Output format {status}{': ' + as_text(error) if error else ''}._"
     if raw and status == "failed":
         text = (record.get("completion") or "").replace("```", "ʼʼʼ")[:RAW_EXCERPT_CHARS]
         note += f"\n\nRaw output:\n```text\n{text}\n```"
@@ -105,9 +107,9 @@ def _parse_note(record: dict[str, Any], *, raw: bool = True) -> str:
 
 
 def model_label(model_id: str | None) -> str:
-    """A model as the page names it: a hub id as is, a local folder by its name only."""
+    """A model as the page names it (Markdown): a hub id as is, a local folder by its name only."""
     text = redact_paths(model_id or "") or "unknown model"
-    return text.removeprefix("…/")
+    return as_text(text.removeprefix("…/"))
 
 
 def answer_credit(model_id: str | None, policies: dict[str, str]) -> str:
@@ -129,7 +131,7 @@ def right_answer(answer: str | None, gold: str, options: list[str]) -> Message:
     letter = match_option(gold, options)
     shown = options[option_letters(options).index(letter)] if letter else gold
     verdict = "✔ the answer is right" if is_correct(answer, gold, options) else "✘ the answer is wrong"
-    return {"role": "assistant", "content": f"**Right answer:** {shown} ({verdict})"}
+    return {"role": "assistant", "content": f"**Right answer:** {as_text(shown)} ({verdict})"}
 
 
 class Transcript:
@@ -190,28 +192,28 @@ class Transcript:
         note = _parse_note(record)
         if node == "triage":
             consulted = parsed.get("consulted") or []
-            why = (parsed.get("rationale") or "").strip() or "_(no reasoning given)_"
+            why = as_text((parsed.get("rationale") or "").strip()) or "_(no reasoning given)_"
             body = f"Consulting: {', '.join(f'**{s}**' for s in consulted)}\n\n**Why:** {why}{note}"
             self._finish(
                 (node, None),
                 _thought(f"Triage → {', '.join(consulted)}", body, status="done", duration=latency),
             )
         elif node == "specialist":
-            answer = (parsed.get("answer") or "").strip() or "_(no answer given)_"
-            think = (parsed.get("think") or "").strip()
+            answer = as_text((parsed.get("answer") or "").strip()) or "_(no answer given)_"
+            think = as_text((parsed.get("think") or "").strip())
             body = f"**Opinion:** {answer}" + (f"\n\n{think}" if think else "") + note
             self._finish(
                 (node, specialty),
                 _thought(f"Specialist · {specialty}", body, status="done", duration=latency),
             )
         else:
-            think = (parsed.get("think") or "").strip() or "_(no reasoning given)_"
+            think = as_text((parsed.get("think") or "").strip()) or "_(no reasoning given)_"
             self._finish(
                 (node, None),
                 _thought("Attending physician · reasoning", think + note, status="done", duration=latency),
             )
-            answer = (parsed.get("answer") or "").strip() or "_(no answer given)_"
-            option = f" (option {parsed['option']})" if parsed.get("option") else ""
+            answer = as_text((parsed.get("answer") or "").strip()) or "_(no answer given)_"
+            option = f" (option {as_text(parsed['option'])})" if parsed.get("option") else ""
             short = _parse_note(record, raw=False)
             names = {r: self.name_policy(p) for r, p in self._served.items()}
             credit = answer_credit(record.get("model_id"), names)
@@ -232,7 +234,7 @@ class Transcript:
             self.messages.append(
                 {
                     "role": "assistant",
-                    "content": f"⚠️ **The run failed:** {redact_paths(event.get('error'))}\n\n"
+                    "content": f"⚠️ **The run failed:** {as_text(redact_paths(event.get('error')))}\n\n"
                     f"The steps that finished are stored as {run}.",
                 }
             )
@@ -247,9 +249,9 @@ def parse_options(text: str | None) -> list[str]:
 
 def question_bubble(question: str, options: list[str]) -> Message:
     """The user's message: the question, and the options it was asked with."""
-    body = question or "(no question)"
+    body = as_text(question) if question else "(no question)"
     if options:
-        body += "\n\n**Options:**\n" + "\n".join(f"- {o}" for o in options)
+        body += "\n\n**Options:**\n" + "\n".join(f"- {as_text(o)}" for o in options)
     return {"role": "user", "content": body}
 
 
@@ -274,7 +276,18 @@ def _error(text: str) -> Message:
     return {"role": "assistant", "content": f"⚠️ {text}"}
 
 
+def _progress(session: ChatSession) -> str:
+    """What the case's question is doing now: waiting for a slot, being answered, or nothing."""
+    if session.place:
+        return f"queued: all case slots are busy, your question is number {session.place} in line"
+    return "running: your question is being answered…" if session.running else ""
+
+
 def case_status(session: ChatSession) -> str:
+    """The line under the chat: which case is open and what it is doing."""
+    progress = _progress(session)
+    if session.last_run_id is None and progress:
+        return f"Case {progress}."
     if session.sample is not None and session.last_run_id is None:
         case = session.sample
         return (
@@ -284,9 +297,10 @@ def case_status(session: ChatSession) -> str:
         )
     if session.last_run_id is None:
         return "New case: attach image(s), type a question, press Enter."
+    now = f" · {progress}" if progress else " · follow-up questions continue this case"
     return (
-        f"Case `{session.thread_id}` · {len(session.run_ids)} question(s) · last run `{session.last_run_id}` "
-        "· follow-up questions continue this case"
+        f"Case `{session.thread_id}` · {len(session.run_ids)} question(s) · last run "
+        f"`{session.last_run_id}`{now}"
     )
 
 
@@ -371,6 +385,17 @@ class ChatController:
             history.append(_error("Wait for the current answer before asking the next question."))
             yield self._outputs(session, busy=True)  # the running case still owns the controls
             return
+        limit = self.runtime.settings.max_question_chars
+        if len(text) > limit:  # refused before it is shown: the chat never holds a huge question
+            history.append(
+                _error(
+                    f"The question is {len(text):,} characters long; the limit is {limit:,}. "
+                    "It was not sent: shorten it (it is back in the box) and press Enter."
+                )
+            )
+            files = [str(stage_upload(u.name, u.data)) for u in uploads]
+            yield self._outputs(session, draft=({"text": text, "files": files}, options_text or ""))
+            return
         sample, session.sample = session.sample, None
         if sample is not None and not _sent_as_is(sample, text, options, uploads):
             sample = None  # edited: an ordinary question, whose answer is not known
@@ -380,8 +405,8 @@ class ChatController:
             images = self._load(uploads)
         except ImageError as exc:
             history.append(question_bubble(text, options))
-            history += [{"role": "user", "content": f"attached file: {u.name}"} for u in uploads]
-            history.append(_error(f"Could not read an image: {redact_paths(str(exc))}"))
+            history += [{"role": "user", "content": f"attached file: {as_text(u.name)}"} for u in uploads]
+            history.append(_error(f"Could not read an image: {as_text(redact_paths(str(exc)))}"))
             yield self._outputs(session)
             return
         history.append(question_bubble(text, options))
@@ -404,7 +429,7 @@ class ChatController:
             self.runtime.validate(req)
         except InputError as exc:
             hint = " Attach an image (PNG, JPEG or DICOM)." if not session.images else ""
-            history.append(_error(f"{str(exc).capitalize()}.{hint}"))
+            history.append(_error(f"{as_text(str(exc).capitalize())}.{hint}"))
             yield self._outputs(session)
             return
         session.running = True
@@ -414,9 +439,11 @@ class ChatController:
         try:
             start = len(history)
             while place := self.queue.place(ticket):
+                session.place = place
                 history[start:] = [_waiting(place)]
                 yield self._outputs(session, busy=True)
                 self.queue.wait()
+            session.place = 0
             del history[start:]
             transcript = Transcript(self.name_policy, self.runtime.policy_ids)
             for item in self._events(req):
@@ -432,7 +459,7 @@ class ChatController:
                         else "an internal error (see the server log)"
                     )
                     transcript.messages.append(
-                        _error(f"The case could not be run: {problem}. Nothing was stored.")
+                        _error(f"The case could not be run: {as_text(problem)}. Nothing was stored.")
                     )
                 else:
                     transcript.on_event(item)
@@ -440,7 +467,7 @@ class ChatController:
                 yield self._outputs(session, busy=True)
         finally:
             self.queue.leave(ticket)
-            session.running = False
+            session.running, session.place = False, 0
         yield self._outputs(session, busy=False)
 
     def _outputs(
@@ -511,11 +538,10 @@ class ChatController:
                 self.runtime.store, run_id, correct=correct, answer=None if correct else right_answer
             )
         except FeedbackError as exc:
-            return gr.skip(), f"⚠️ {exc}"
+            return gr.skip(), f"⚠️ {as_text(str(exc))}"
         n = session.run_ids.index(run_id) + 1
-        extra = (
-            f" (right answer: {right_answer.strip()})" if not correct and (right_answer or "").strip() else ""
-        )
+        given = "" if correct else (right_answer or "").strip()
+        extra = f" (right answer: {as_text(given)})" if given else ""
         verdict = "correct" if correct else "wrong"
         note = f"Recorded **{verdict}**{extra} for answer {n} (run `{run_id}`). Thank you."
         return verdict_rows(self.answers(session), busy=False), note
@@ -543,7 +569,7 @@ class ChatController:
         runs = case_runs(self.runtime.store, thread_id) if thread_id else []
         session = ChatSession()
         if not runs:
-            note = f"⚠️ No stored case `{thread_id}`; starting a new one." if thread_id else ""
+            note = f"⚠️ No stored case “{as_text(thread_id)}”; starting a new one." if thread_id else ""
             return (*self._outputs(session, clear_options=True), note)
         session.thread_id = thread_id
         shown: list[str] = []
@@ -636,10 +662,10 @@ def _verdict_row(
     else:
         current = "marked **correct**" if item["verdict"] else "marked **wrong**"
         if item["right_answer"]:
-            current += f" (right answer: {item['right_answer']})"
+            current += f" (right answer: {as_text(item['right_answer'])})"
     with gr.Row(equal_height=True, elem_id=f"verdict-{n}", elem_classes=["verdict-row"]):
         gr.Markdown(
-            f"**Answer {n}:** {item['answer'] or '—'}  \n<sub>{item['credit']} · {current}</sub>",
+            f"**Answer {n}:** {as_text(item['answer']) or '—'}  \n<sub>{item['credit']} · {current}</sub>",
             elem_classes=["verdict-text"],
         )
         ok = _verdict_button("✓ Correct", "correct", run_id, busy)
@@ -729,6 +755,8 @@ def build_chat_tab(runtime: Runtime, ui: UISettings, previews: Path) -> ChatTab:
         api_name="ask",
         concurrency_limit=None,  # every asker sees their question at once; CaseQueue limits the runs
     )
+    # A new question clears the verdict note (a refused right answer's warning among them).
+    box.submit(None, None, note, js="() => ''")
     case_outputs = [*outputs, note]
     assert len(case_outputs) == CASE_OUTPUTS
     pick = [viewer.image, viewer.preset]

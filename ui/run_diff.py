@@ -18,9 +18,14 @@ STYLE = """
 """
 
 
+def _named_case(run: dict[str, Any]) -> dict[str, Any]:
+    """The run with the case it belongs to: its benchmark case id, else its chat case (thread)."""
+    return {**run, "case_id": run.get("case_id") or run.get("thread_id")}
+
+
 def diff_html(a: dict[str, Any], b: dict[str, Any]) -> str:
     """The comparison table; changed rows have class ``changed`` and a ≠ mark."""
-    rows = diff_runs(a, b)
+    rows = diff_runs(_named_case(a), _named_case(b))
     n_changed = sum(r.changed for r in rows)
     body = "".join(
         f'<tr class="{"changed" if r.changed else "same"}" data-field="{escape(r.field)}">'

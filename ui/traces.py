@@ -21,6 +21,7 @@ from ui.policy_names import name_run_policies
 from ui.queries import NO_DIFFICULTY, RunFilter, find_runs, run_difficulty
 from ui.run_views import build_run_views
 from ui.safety import redact_paths
+from ui.text import as_text
 
 ANY = "any"
 RUN_COLUMNS = [
@@ -50,7 +51,7 @@ def parse_day(text: str | None, what: str) -> date | None:
         return date.fromisoformat(text)
     except ValueError:
         raise FilterError(
-            f"**{what}**: {text!r} is not a date; write it like 2026-11-24 (year-month-day)."
+            f"**{what}**: {as_text(repr(text))} is not a date; write it like 2026-11-24 (year-month-day)."
         ) from None
 
 
@@ -139,26 +140,26 @@ def _rewards_md(rewards: list[dict[str, Any]], step: int | None = None, whole: b
     for r in rows:
         lines.append(
             f"| {'' if r['step'] is None else r['step']} | {r['role']} | {r['kind']} | {r['value']:g} | "
-            f"{r['source']} | {r['answer'] or ''} | {(r['created_at'] or '')[:19]} |"
+            f"{r['source']} | {as_text(r['answer'])} | {(r['created_at'] or '')[:19]} |"
         )
     return "\n".join(lines)
 
 
 def run_summary(run: dict[str, Any]) -> str:
-    options = "; ".join(run["options"]) or "—"
-    gold = run["gold_answer"] or "—"
-    answer = run["answer"] or "—"
+    options = "; ".join(as_text(o) for o in run["options"]) or "—"
+    gold = as_text(run["gold_answer"]) or "—"
+    answer = as_text(run["answer"]) or "—"
     lines = [
         f"### Run `{run['run_id']}` · {run['status']}",
-        f"**Question:** {run['question']}",
+        f"**Question:** {as_text(run['question'])}",
         f"**Options:** {options}  ·  **gold:** {gold}  ·  **difficulty:** {run['difficulty']}",
         f"**Answer:** {answer} ({run['answer_status'] or '—'})",
         f"**Graph path:** {graph_path(run)}",
         f"created {run['created_at']} · {run['wall_s'] or 0:.2f} s wall · source {run['source']} · "
-        f"thread `{run['thread_id']}`",
+        f"thread {as_text(run['thread_id'])}",
     ]
     if run["error"]:
-        lines.append(f"**Error:** {run['error']}")
+        lines.append(f"**Error:** {as_text(run['error'])}")
     lines += ["", "**Rewards**", "", _rewards_md(run["rewards"])]
     return "\n\n".join(lines)
 
@@ -241,7 +242,7 @@ def build_traces_tab(store: TrajectoryStore, downloads: Path) -> TracesTab:
         for st in run["steps"]:
             with gr.Accordion(step_title(st), open=False, elem_classes=["trace-step"]):
                 gr.Markdown(
-                    f"model `{st['model_id']}` · policy {st['policy']} · images "
+                    f"model {as_text(st['model_id'])} · policy {as_text(st['policy'])} · images "
                     f"{', '.join(h[:12] for h in st['image_refs']) or '—'} · started {st['started_at']}"
                 )
                 gr.JSON(
@@ -268,7 +269,7 @@ def build_traces_tab(store: TrajectoryStore, downloads: Path) -> TracesTab:
     def do_open(rid: str) -> tuple[Any, ...]:
         run = run_record(store, rid or "") if (rid or "").strip() else None
         if run is None:
-            message = f"No run `{rid.strip()}`." if (rid or "").strip() else "Pick a run first."
+            message = f"No run “{as_text(rid.strip())}”." if (rid or "").strip() else "Pick a run first."
             return message, gr.Gallery(visible=False), None, None, gr.DownloadButton(visible=False)
         path = downloads / f"run-{run['run_id']}.json"
         path.write_text(json.dumps(run, indent=2))

@@ -21,6 +21,7 @@ from data.schema import ROLES
 from data.store import TrajectoryStore
 from ui.policy_names import policy_names
 from ui.queries import reward_histogram, step_counts
+from ui.text import as_text
 from ui.user_errors import user_error
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,8 @@ def build_trajectories_tab(store: TrajectoryStore, workdir: Path) -> Trajectorie
             since = parse_since(since_) if (since_ or "").strip() else None
         except ExportError:
             return (
-                f"⚠️ **Since**: {since_.strip()!r} is neither a date (2026-11-24) nor a look-back "
-                "such as 24h, 7d or 2w. Nothing was exported.",
+                f"⚠️ **Since**: {as_text(repr(since_.strip()))} is neither a date (2026-11-24) nor a "
+                "look-back such as 24h, 7d or 2w. Nothing was exported.",
                 None,
             )
         flt = ExportFilter(
