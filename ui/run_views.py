@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from html import escape
 from typing import Any
 
 import gradio as gr
@@ -63,7 +62,7 @@ def build_run_views(store: TrajectoryStore) -> RunViews:
                 raise user_error(f"Run {name}: paste a run id")
             found = run_report(store, rid)
             if found is None:
-                raise user_error(f"Run {name}: no run {escape(repr(rid.strip()))}")  # toasts are HTML
+                raise user_error(f"Run {name}: no run {rid.strip()!r}")
             runs[name] = name_run_policies(store, found)
         return diff_html(runs["A"], runs["B"])
 
