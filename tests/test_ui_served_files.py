@@ -21,8 +21,8 @@ import pytest
 from gradio_client import Client
 
 from data.synthetic import make_case
-from tests.test_ui_client import ask, run_id_of
-from tests.ui_server import free_port, serving
+from tests.test_ui_client import FAST, ask, run_id_of
+from tests.ui_server import chromium, free_port, serving
 from ui.served import APP, MARKER, process_start
 
 SCRIPT = """
@@ -191,7 +191,7 @@ def test_after_sigkill_the_next_start_removes_what_the_killed_server_left_and_on
 
 
 def test_a_served_file_goes_only_to_the_client_it_was_made_for(make_runtime, image):
-    runtime = make_runtime()
+    runtime = make_runtime(**FAST)
     with serving(runtime) as url:
         owner, served = _serve_files(url, image)  # run JSON, parquet export, preview(s)
         other = Client(url, verbose=False, download_files=False)
@@ -201,3 +201,31 @@ def test_a_served_file_goes_only_to_the_client_it_was_made_for(make_runtime, ima
             assert httpx.get(file, cookies=owner.cookies).status_code == 200, path
             assert httpx.get(file, cookies=other.cookies).status_code == 404, path
             assert httpx.get(file).status_code == 404, path
+
+
+PREVIEW_SHOWN = "() => [...document.querySelectorAll('#case-chat img')].some((i) => i.naturalWidth > 0)"
+
+
+@pytest.mark.slow
+def test_in_the_browser_a_preview_shows_for_its_user_and_is_not_found_for_another(make_runtime, image):
+    runtime = make_runtime(**FAST)
+    with serving(runtime) as url, chromium() as browser:
+        mine, theirs = (browser.new_context().new_page() for _ in range(2))
+        for page in (mine, theirs):
+            page.set_default_timeout(120_000)
+            page.goto(url)
+            page.wait_for_selector("#case-input textarea")
+        with mine.expect_file_chooser() as chooser:
+            mine.click("#case-input button[data-testid=upload-button]")
+        chooser.value.set_files([str(image)])
+        mine.locator("#case-input .thumbnail-item").wait_for()
+        mine.fill("#case-input textarea", "What is shown?")
+        mine.press("#case-input textarea", "Enter")
+        mine.locator("#case-chat").get_by_text("Answer:").wait_for()
+        mine.wait_for_function(PREVIEW_SHOWN)  # the preview loaded, in the page that asked
+        sources = mine.eval_on_selector_all("#case-chat img", "(imgs) => imgs.map((i) => i.src)")
+        previews = [src for src in sources if "/file=" in src]
+        assert previews
+        for src in previews:
+            assert mine.request.get(src).status == 200
+            assert theirs.request.get(src).status == 404  # another browser: another user
