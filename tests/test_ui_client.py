@@ -287,9 +287,9 @@ def test_the_files_the_app_serves_are_removed_when_it_shuts_down(runtime, tmp_pa
         written = [p for p in folder.rglob("*") if p.is_file()]
         assert {p.relative_to(folder).parts[0] for p in written} == {"previews", "runs", "exports", "gradio"}
         (preview,) = [p.read_bytes() for p in written if p.parent.name == "previews"]
-        cache = Path(get_upload_folder())  # this process's folder (ui/served.py): the app's is in it
-        assert folder.parent == cache
-        assert any(p.read_bytes() == preview for p in (folder / "gradio").rglob("*.png"))  # Gradio's copy
+        cache = Path(get_upload_folder())
+        assert cache == folder / "gradio"  # Gradio's cache is in the app's folder (ui/served.py)
+        assert any(p.read_bytes() == preview for p in cache.rglob("*.png"))  # Gradio served a copy
     finally:
         demo.close()
     assert not folder.exists()

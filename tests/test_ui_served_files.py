@@ -104,12 +104,13 @@ def _process_folder(root: Path, pid: int) -> Path:
     return folder
 
 
-def _assert_serving(root: Path, pid: int) -> Path:
+def _assert_serving(root: Path, pid: int, image: Path) -> Path:
     folder = _process_folder(root, pid)
     names = [Path(p).name for p in listing(folder)]
     assert MARKER in names and any(n.endswith(".parquet") for n in names)
     assert any(n.startswith("run-") and n.endswith(".json") for n in names)
     assert any(n.endswith(".png") for n in names)  # the upload's preview
+    assert image.name not in names  # the upload itself: deleted once the chat read it
     return folder
 
 
@@ -127,7 +128,7 @@ def test_ctrl_c_and_sigterm_remove_every_served_file(tmp_path, tiny_model_dir, i
     proc, url = _start(env)
     try:
         _serve_files(url, image)
-        _assert_serving(root, proc.pid)
+        _assert_serving(root, proc.pid, image)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -143,7 +144,7 @@ def test_a_normal_exit_removes_every_served_file(tmp_path, tiny_model_dir, image
     proc, url = _start(env, script=True)
     try:
         _serve_files(url, image)
-        _assert_serving(root, proc.pid)
+        _assert_serving(root, proc.pid, image)
         out, _ = proc.communicate("\n", timeout=60)
     finally:
         proc.kill()
@@ -159,7 +160,7 @@ def test_after_sigkill_the_next_start_removes_what_the_killed_server_left_and_on
     killed, url = _start(env)
     try:
         client, (run_json, *_) = _serve_files(url, image)
-        left = _assert_serving(root, killed.pid)
+        left = _assert_serving(root, killed.pid, image)
     finally:
         killed.kill()
         killed.wait(timeout=30)

@@ -85,8 +85,6 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         ).then(traces.open_run, traces.run_id, traces.open_outputs, **private).then(
             traces.search, traces.search_inputs, traces.search_outputs, **private
         )
-    for block in [demo, *demo.blocks.values()]:  # Gradio's copies of served files: in ours too
-        block.GRADIO_CACHE = str(folder / "gradio")
     demo.served_files = folder
     return demo
 

@@ -2,8 +2,8 @@
 
 Image previews, run JSON, exports, Gradio's copies of them and its upload cache hold patient data.
 They all live under one folder per process, ``<tmp>/mmedagent-ui-<uid>/<pid>-<start>/``, marked
-(``owner.json``) with its owner's pid and start time; it is Gradio's cache (``GRADIO_TEMP_DIR``).
-Each app has a subfolder of it, removed when its server shuts down (``ui.app.launch``); the process
+(``owner.json``) with its owner's pid and start time. Each app has a subfolder of it, Gradio's
+cache and upload folder included, removed when its server shuts down (``ui.app.launch``); the process
 folder goes when the process exits: normally, on Ctrl-C, or on SIGTERM/SIGHUP once
 :func:`stop_on_signals` has made those exit cleanly too. A SIGKILL leaves it: the next process of
 this app removes every folder whose marker names a dead process, and nothing else.
@@ -94,7 +94,7 @@ def _own_root(root: Path) -> None:
 
 
 def process_folder() -> Path:
-    """This process's served-files folder, made on first use (and made Gradio's cache).
+    """This process's served-files folder, made on first use.
 
     Making it sweeps what dead processes of this app left; it is removed when the process exits.
     """
@@ -111,7 +111,6 @@ def process_folder() -> Path:
         if _process_folder is None:
             atexit.register(_remove_process_folder)
         _process_folder = folder
-    os.environ["GRADIO_TEMP_DIR"] = str(_process_folder)
     return _process_folder
 
 
@@ -121,8 +120,11 @@ def _remove_process_folder() -> None:
 
 
 def app_folder() -> Path:
-    """A fresh folder for one app's served files, inside this process's folder."""
-    return Path(tempfile.mkdtemp(prefix="app-", dir=process_folder()))
+    """A fresh folder for one app's served files, inside this process's folder; its ``gradio``
+    subfolder becomes Gradio's cache and upload folder for the Blocks and server made next."""
+    folder = Path(tempfile.mkdtemp(prefix="app-", dir=process_folder()))
+    os.environ["GRADIO_TEMP_DIR"] = str(folder / "gradio")
+    return folder
 
 
 def _interrupt(signum: int, _frame: FrameType | None) -> None:
