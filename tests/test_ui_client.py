@@ -274,7 +274,7 @@ def test_the_files_the_app_serves_are_removed_when_it_shuts_down(runtime, tmp_pa
     from ui.app import build_app, launch
 
     demo = build_app(runtime)
-    folder = Path(demo.served_files.name)
+    folder = demo.served_files
     image = tmp_path / "case.png"  # unseeded pixels: no file of another test or run matches its preview
     Image.fromarray(np.random.default_rng().integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(image)
     url = launch(demo, runtime.settings, host="127.0.0.1", port=free_port(), block=False, quiet=True)
@@ -285,9 +285,10 @@ def test_the_files_the_app_serves_are_removed_when_it_shuts_down(runtime, tmp_pa
         client.predict(run.id, api_name="/open_run")
         client.predict("attending", "jsonl", "ok", "", [], False, api_name="/export")
         written = [p for p in folder.rglob("*") if p.is_file()]
-        assert {p.relative_to(folder).parts[0] for p in written} == {"previews", "runs", "exports"}
+        assert {p.relative_to(folder).parts[0] for p in written} == {"previews", "runs", "exports", "gradio"}
         (preview,) = [p.read_bytes() for p in written if p.parent.name == "previews"]
         cache = Path(get_upload_folder())
+        assert cache == folder / "gradio"  # Gradio's cache is in the app's folder (ui/served.py)
         assert any(p.read_bytes() == preview for p in cache.rglob("*.png"))  # Gradio served a copy
     finally:
         demo.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -19,8 +18,10 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from ui.chat import RECENT_CASES_JS, build_chat_tab
+from ui.file_access import ServedToTheirClient
 from ui.login_limit import FREE_FAILURES, LimitLogins
 from ui.safety import DISCLAIMER, RefusedFilesAreNotFound, check_bind
+from ui.served import app_folder, process_folder
 from ui.traces import build_traces_tab
 from ui.trajectories import build_trajectories_tab
 
@@ -48,12 +49,12 @@ CSS = """
 def build_app(runtime: Runtime) -> gr.Blocks:
     """The whole app on one runtime (its store, backends and graph); one session per browser tab.
 
-    What the app writes to serve (image previews, run downloads, exports: patient data) goes to
-    one folder of its own, ``demo.served_files``: ``launch`` removes it when the server shuts down,
-    and it goes at the latest when the process exits.
+    What the app writes to serve (image previews, run downloads, exports: patient data) and
+    Gradio's copies of it go to one folder of its own, ``demo.served_files`` (ui/served.py):
+    ``launch`` removes it when the server shuts down, and it goes at the latest when the process
+    exits.
     """
-    files = tempfile.TemporaryDirectory(prefix="mmedagent-ui-", ignore_cleanup_errors=True)
-    folder = Path(files.name)
+    folder = app_folder()
     # Uploads leave Gradio's cache as soon as the chat has read them (ui/uploads.py), or on New case;
     # delete_cache drops, every 10 minutes, files older than an hour: uploads attached but never
     # sent, and served previews and exports (a reopened case serves its images again).
@@ -88,7 +89,7 @@ def build_app(runtime: Runtime) -> gr.Blocks:
         ).then(traces.open_run, traces.run_id, traces.open_outputs, **private).then(
             traces.search, traces.search_inputs, traces.search_outputs, **private
         )
-    demo.served_files = files
+    demo.served_files = folder
     return demo
 
 
@@ -145,8 +146,12 @@ def launch(
         quiet=quiet,
         css=CSS,
         app_kwargs={
-            "middleware": [Middleware(RefusedFilesAreNotFound), Middleware(LimitLogins)],
-            "lifespan": remove_on_shutdown(Path(demo.served_files.name)),
+            "middleware": [
+                Middleware(ServedToTheirClient, folder=process_folder()),
+                Middleware(RefusedFilesAreNotFound),
+                Middleware(LimitLogins),
+            ],
+            "lifespan": remove_on_shutdown(demo.served_files),
         },
     )
     return demo.local_url or f"http://{host}:{port}/"

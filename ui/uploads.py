@@ -17,6 +17,7 @@ from pathlib import Path
 from gradio.utils import get_upload_folder
 
 from data.images import SUPPORTED_FORMATS, ImageError
+from ui.served import served_root
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,10 @@ def take_uploads(paths: list[str], cache_dir: str | Path | None = None) -> tuple
     """Read each uploaded file into memory and delete it from the upload cache, whatever it holds.
 
     Returns the uploads read and, for files that could not be read, one message each. Every file
-    under ``cache_dir`` (default: Gradio's upload folder) is deleted, read or not.
+    under ``cache_dir`` (default: the served-files root, which holds every app's upload folder,
+    ui/served.py) is deleted, read or not.
     """
-    root = Path(cache_dir or get_upload_folder()).resolve()
+    root = Path(cache_dir or served_root()).resolve()
     uploads, problems = [], []
     for raw in paths:
         path = Path(raw)

@@ -18,6 +18,7 @@ def ui_command(
 ) -> None:
     """Serve the web app (chat, traces, trajectories) on this machine."""
     from ui.app import build_app, launch, login  # deferred: gradio takes seconds to import
+    from ui.served import stop_on_signals
 
     settings = load_settings()
     host = host or settings.ui.host
@@ -34,6 +35,7 @@ def ui_command(
         highlight=False,
         soft_wrap=True,
     )
+    stop_on_signals()  # SIGTERM/SIGHUP shut down as Ctrl-C does: the served files go with the server
     try:
         launch(build_app(runtime), settings, host=host, port=port, quiet=True)
     finally:
