@@ -284,7 +284,7 @@ class TrajectoryStore:
                         status="interrupted",
                         finished_at=now,
                         lease_until=None,
-                        error=f"interrupted: the process running it ({r.owner}) {why}",
+                        error=f"the process running it ({r.owner}) {why}",
                     )
                 )
                 if s.execute(stmt).rowcount:

@@ -230,3 +230,94 @@ def test_cli_killed_during_the_attending_step_leaves_an_interrupted_run(tmp_path
             assert statuses[run.id] == "interrupted" and sorted(statuses.values()) == ["interrupted", "ok"]
         finally:
             store.close()
+
+
+def _serve_ui(env: dict, port: int) -> subprocess.Popen:
+    """``mmedagent ui`` as its own process; returns once it answers HTTP."""
+    import httpx
+
+    exe = Path(sys.executable).with_name("mmedagent")
+    proc = subprocess.Popen([str(exe), "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    line = ""
+    while "mmedagent UI on" not in line:
+        line = proc.stdout.readline()
+        assert line, "mmedagent ui exited without serving"
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("mmedagent ui did not answer")
+
+
+@pytest.mark.slow
+def test_ui_killed_during_the_attending_step_reopens_the_case_interrupted(tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.test_ui_browser import STEP_TIMEOUT_MS, send, shot
+    from tests.ui_server import chromium, free_port
+
+    home, image = tmp_path / "home", tmp_path / "case.png"
+    Image.new("RGB", (32, 32), (90, 40, 40)).save(image)
+    db_url = f"sqlite:///{home / 'store.db'}"
+    with AttendingHolds() as server, chromium() as browser:
+        env = {
+            **os.environ, "MMEDAGENT_HOME": str(home), "MMEDAGENT_DB_URL": db_url,
+            "MMEDAGENT_MODEL": "held-server", "MMEDAGENT_N_SPECIALISTS": "1", "HF_HUB_OFFLINE": "1",
+            **{f"MMEDAGENT_{r}__BACKEND": "openai" for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+            **{f"MMEDAGENT_{r}__BASE_URL": server.base_url for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+        }  # fmt: skip
+        port = free_port()
+        first = _serve_ui(env, port)
+        second = None
+        store = TrajectoryStore(db_url)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#case-input textarea")
+            send(page, "What is seen on the left?", [image], ["A) x", "B) y"])
+            assert server.attending.wait(120), "the attending step never started"
+            deadline = time.monotonic() + 60
+            while _running_steps(store) < 2:
+                assert time.monotonic() < deadline and first.poll() is None, "no running run with 2 steps"
+                time.sleep(0.05)
+            first.kill()  # SIGKILL, mid-case
+            assert first.wait(timeout=30) == -signal.SIGKILL
+            (run,) = store.list_runs(limit=None)
+            assert run.status == "running"
+
+            port = free_port()
+            second = _serve_ui(env, port)  # the next start marks it
+            assert store.get_run(run.id).status == "interrupted"
+            page.goto(f"http://127.0.0.1:{port}/?case={run.thread_id}")
+            chat = page.locator("#case-chat")
+            chat.get_by_text("The run was interrupted").wait_for()
+            text = chat.inner_text()
+            assert (
+                "What is seen on the left?" in text
+                and run.id in text
+                and "stopped before it finished" in text
+            )
+            assert (
+                chat.get_by_text("Triage →").count() == 1 and chat.get_by_text("Specialist · ").count() == 1
+            )
+            assert chat.get_by_text("Answer:").count() == 0
+            assert chat.locator("img").count() >= 1  # its image, from the store
+            shot(page, "interrupted-case")
+            page.click("#open-trace")
+            summary = page.locator("#trace-summary")
+            summary.get_by_text("Graph path").wait_for()
+            assert run.id in summary.inner_text() and "✗ interrupted" in summary.inner_text()
+            expect(page.locator("#runs-table")).to_contain_text("interrupted")
+        finally:
+            server.release.set()
+            store.close()
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=30)
