@@ -321,3 +321,23 @@ def test_ui_killed_during_the_attending_step_reopens_the_case_interrupted(tmp_pa
                 if proc is not None and proc.poll() is None:
                     proc.terminate()
                     proc.wait(timeout=30)
+
+
+def test_runs_list_filters_by_each_status_and_refuses_another(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    store = TrajectoryStore(db_url)
+    store.begin_run(RunIn(id="gone-run", thread_id="g", question="q", status="ok"), [],
+                    owner=_dead_owner(), lease_s=60)  # fmt: skip
+    store.close()
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list", "--status", "interrupted"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "gone-run" in listed.output and "interrupted" in listed.output
+    assert "gone-run" not in runner.invoke(app, ["runs", "list", "--status", "running"]).output
+    bad = runner.invoke(app, ["runs", "list", "--status", "lost"])
+    assert bad.exit_code == 2 and "running, interrupted" in bad.output
