@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from app.backends.batcher import batching_session
 from app.checkpoints import open_checkpointer
 from app.config import Settings
 from data.images import ImageError, ImageLimits, LoadedImage, image_from_bytes, load_image
+from data.leases import LeaseKeeper, process_owner
 from data.schema import ROLES
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from graph.build import build_graph
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[dict[str, Any]], None]
 IMAGE_CACHE_SIZE = 256
+# How long a running run is held without renewal before another process may mark it interrupted.
+RUN_LEASE_S = 60.0
 
 
 class InputError(ValueError):
@@ -119,7 +123,13 @@ class CaseResult:
 
 
 class Runtime:
-    """Owns the store, the backends, the checkpointer and the compiled graph."""
+    """Owns the store, the backends, the checkpointer and the compiled graph.
+
+    Each run is recorded as it starts (``running``, held by this process under a lease the runtime
+    renews) and its steps as they finish, so a process that dies leaves it, not nothing: at start
+    (and at each renewal) a runtime marks ``interrupted`` the runs whose process on this host is
+    gone or whose lease lapsed (data.leases).
+    """
 
     def __init__(
         self,
@@ -156,6 +166,13 @@ class Runtime:
         # Decoded pixels of recent images (bounded: a long-lived UI process sees many cases).
         self._images: LRUCache[str, Image.Image] = LRUCache(IMAGE_CACHE_SIZE)
         self._images_lock = threading.Lock()
+        self.owner = process_owner()
+        self.store.mark_interrupted()
+        self._leases = LeaseKeeper(self._keep_leases, RUN_LEASE_S, name="run-lease").start()
+
+    def _keep_leases(self) -> None:
+        self.store.renew_runs(self.owner, RUN_LEASE_S)
+        self.store.mark_interrupted()
 
     def _resolve_policies(self) -> dict[str, int]:
         """Policy version id per role, from what the settings say each role serves."""
@@ -170,6 +187,7 @@ class Runtime:
         }
 
     def close(self) -> None:
+        self._leases.stop()
         if self.tracer is not None:
             self.tracer.shutdown()
             self.tracer = None
@@ -235,6 +253,20 @@ class Runtime:
         if not req.images:
             raise InputError("a case needs at least one image")
 
+    def _step_finished(self, run_id: str, steps: list[dict[str, Any]], record: dict[str, Any]) -> None:
+        """Keep a finished step and store it at once (finish_run stores any this could not)."""
+        policy = self.policy_ids.get(record["role"])
+        steps.append({**record, "policy_version_id": policy, "finished_at": time.time()})
+        try:
+            self.store.add_step(run_id, len(steps) - 1, steps[-1])
+        except Exception as exc:
+            log.warning(
+                "run %s: step %d not stored yet (%s); it is stored when the run finishes",
+                run_id,
+                len(steps) - 1,
+                exc,
+            )
+
     @staticmethod
     def _rewards(req: CaseRequest, options: list[str], steps: list[dict[str, Any]]) -> list[RewardIn]:
         """Automatic rewards for each step whose gold label the case carries."""
@@ -271,10 +303,26 @@ class Runtime:
             "image_hashes": [img.sha256 for img in req.images],
         }
         config = {"configurable": {"thread_id": thread_id}, "run_id": uuid.UUID(run_id)}
+        images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
+        record = {
+            "id": run_id,
+            "thread_id": thread_id,
+            "question": case_input["question"],
+            "options": case_input["options"],
+            "image_shas": case_input["image_hashes"],
+            "source": req.source,
+            "case_id": req.case_id,
+            "gold_answer": req.gold_answer,
+            "gold_specialty": req.gold_specialty,
+            "created_at": datetime.now(UTC),
+            "meta": req.meta,
+            "eval_id": req.eval_id,
+            "mode": self.mode.kind,
+        }
+        self.store.begin_run(RunIn(status="running", **record), images, owner=self.owner, lease_s=RUN_LEASE_S)
         steps: list[dict[str, Any]] = []
         final: dict[str, Any] = {}
         error: str | None = None
-        created = datetime.now(UTC)
         t0 = time.perf_counter()
         try:
             for mode, chunk in self.graph.stream(
@@ -284,39 +332,29 @@ class Runtime:
                     final = chunk
                     continue
                 if chunk.get("event") == "step_finished":
-                    record = chunk["record"]
-                    policy = self.policy_ids.get(record["role"])
-                    steps.append({**record, "policy_version_id": policy, "finished_at": time.time()})
+                    self._step_finished(run_id, steps, chunk["record"])
                 if on_event:
                     on_event(chunk)
         except Exception as exc:  # the run is recorded as failed, whatever broke
             error = f"{type(exc).__name__}: {exc}"
             log.warning("run %s failed: %s", run_id, error)
+        except BaseException:  # Ctrl-C, SystemExit: the run stops here, its steps so far are kept
+            with contextlib.suppress(Exception):
+                self.store.mark_interrupted(run_ids=[run_id])
+            raise
         wall = time.perf_counter() - t0
         status = "error" if error else "ok"
         run = RunIn(
-            id=run_id,
-            thread_id=thread_id,
-            question=case_input["question"],
+            **record,
+            owner=self.owner,
             status=status,
-            options=case_input["options"],
-            image_shas=case_input["image_hashes"],
             error=error,
-            source=req.source,
-            case_id=req.case_id,
-            gold_answer=req.gold_answer,
-            gold_specialty=req.gold_specialty,
             specialties=final.get("specialties", []),
             answer=None if error else final.get("answer"),
             answer_status=None if error else final.get("answer_status"),
-            created_at=created,
             wall_s=wall,
-            meta=req.meta,
-            eval_id=req.eval_id,
-            mode=self.mode.kind,
         )
-        images = [ImageIn(i.sha256, i.mime, i.width, i.height, i.data) for i in req.images]
-        self.store.save_run(run, steps, images, self._rewards(req, run.options, steps))
+        self.store.finish_run(run, steps, self._rewards(req, run.options, steps))
         if self.tracer is not None:
             self.tracer.export_run(run, steps, self.context().sampling)
         result = CaseResult(

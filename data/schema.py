@@ -11,6 +11,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 # The roles a step is made by, in graph order; the trainable ones are retrained by rl/.
 ROLES = ("triage", "specialist", "attending")
 TRAINABLE_ROLES = ("triage", "attending")
+# A run's status: finished (ok | error), in progress (running), or left unfinished by a process that
+# died or stopped renewing its lease (interrupted: its steps so far are kept).
+RUN_STATUSES = ("ok", "error", "running", "interrupted")
 
 
 def utcnow() -> datetime:
@@ -49,7 +52,7 @@ class Run(Base):
     thread_id: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)  # ok | error
+    status: Mapped[str] = mapped_column(String(16), index=True)  # RUN_STATUSES
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     source: Mapped[str] = mapped_column(String(32), default="cli", index=True)
     case_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
@@ -65,6 +68,10 @@ class Run(Base):
     eval_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # The graph that answered (graph.context.GraphKind); NULL for runs stored before it was recorded.
     mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The process running it (data.leases, ``host:pid:nonce``; kept once finished: who ran it) and,
+    # while ``running``, until when it holds the run (by the database's clock; renewed as it runs).
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(nullable=True)
 
     images: Mapped[list[RunImage]] = relationship(
         order_by="RunImage.position", cascade="all, delete-orphan", back_populates="run"

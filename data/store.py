@@ -21,6 +21,7 @@ from sqlalchemy.schema import Column
 
 from data import migrate
 from data.difficulty import Level, RunDifficulty, level_of, run_scores, specialist_correctness_query
+from data.leases import owner_gone
 from data.schema import Base, EvalClaim, ImageBlob, PolicyVersion, Reward, Run, RunImage, Step
 
 log = logging.getLogger(__name__)
@@ -192,36 +193,157 @@ class TrajectoryStore:
         """Persist a run, its steps, their rewards and any new images in one transaction."""
 
         def write(s: Session) -> str:
-            self._add_images(s, images)
-            row = Run(**{c.key: getattr(run, c.key) for c in Run.__table__.columns})
-            row.created_at = run.created_at or datetime.now(UTC)
-            row.finished_at = run.finished_at or datetime.now(UTC)
-            row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
-            row.steps = [
-                Step(
-                    seq=i,
-                    started_at=datetime.fromtimestamp(st.get("started_at") or time.time(), UTC),
-                    **{k: st.get(k) for k in _STEP_FIELDS},
-                )
-                for i, st in enumerate(steps)
-            ]
-            s.add(row)
-            s.flush()
-            for r in rewards:
-                step = row.steps[r.step] if r.step is not None else None
-                s.add(
-                    Reward(
-                        run_id=run.id,
-                        step_id=step.id if step else None,
-                        role=r.role,
-                        kind=r.kind,
-                        value=r.value,
-                        source=r.source,
-                    )
-                )
+            self._insert_run(s, run, images)
+            self._add_steps(s, run.id, steps)
+            self._add_rewards(s, run.id, rewards)
             return run.id
 
         return self._write(write)
+
+    # --- runs recorded while they run (app.runtime): begin, steps as they finish, finish --------
+
+    def begin_run(self, run: RunIn, images: Sequence[ImageIn], *, owner: str, lease_s: float) -> None:
+        """Record a run as it starts: ``running``, held by ``owner`` for ``lease_s`` seconds (renewed
+        by :meth:`renew_runs`), with its images; :meth:`finish_run` completes it."""
+
+        def write(s: Session) -> None:
+            until = self._now(s) + timedelta(seconds=lease_s)
+            self._insert_run(s, run, images, status="running", owner=owner, lease_until=until, finished=False)
+
+        self._write(write)
+
+    def add_step(self, run_id: str, seq: int, step: Mapping[str, Any]) -> None:
+        """Store the ``seq``-th step of a running run as soon as it finished."""
+        self._write(lambda s: self._add_steps(s, run_id, [step], start=seq))
+
+    def finish_run(
+        self, run: RunIn, steps: Sequence[Mapping[str, Any]], rewards: Sequence[RewardIn] = ()
+    ) -> None:
+        """Complete a run :meth:`begin_run` recorded: its final columns, the steps not stored yet
+        and the rewards, in one transaction. Also when it was marked ``interrupted`` meanwhile (its
+        lease lapsed while it still ran): it did finish. A run not recorded yet is inserted whole."""
+
+        def write(s: Session) -> None:
+            row = s.get(Run, run.id, with_for_update=True)
+            if row is None:
+                self._insert_run(s, run, ())
+            else:
+                if row.status != "running":
+                    log.warning("run %s was marked %s but finished after all", run.id, row.status)
+                for c in Run.__table__.columns:
+                    if c.key not in ("id", "created_at", "owner"):
+                        setattr(row, c.key, getattr(run, c.key))
+                row.finished_at, row.lease_until = run.finished_at or datetime.now(UTC), None
+            stored = set(s.scalars(select(Step.seq).where(Step.run_id == run.id)))
+            for i, st in enumerate(steps):
+                if i not in stored:
+                    self._add_steps(s, run.id, [st], start=i)
+            self._add_rewards(s, run.id, rewards)
+
+        self._write(write)
+
+    def renew_runs(self, owner: str, lease_s: float) -> int:
+        """Extend the lease of every run ``owner`` is running; returns how many."""
+
+        def write(s: Session) -> int:
+            until = self._now(s) + timedelta(seconds=lease_s)
+            stmt = update(Run).where(Run.owner == owner, Run.status == "running")
+            return s.execute(stmt.values(lease_until=until)).rowcount
+
+        return self._write(write)
+
+    def mark_interrupted(
+        self, *, gone: Callable[[str | None], bool] = owner_gone, run_ids: Sequence[str] | None = None
+    ) -> list[str]:
+        """Mark ``interrupted`` the running runs whose process is gone: its lease lapsed, or
+        ``gone(owner)`` (default: a process on this host that no longer exists); or exactly
+        ``run_ids`` when given (their process is stopping them). Returns the runs marked; their
+        steps so far, images and thread stay (reopenable, the LangGraph thread is theirs)."""
+
+        def write(s: Session) -> list[str]:
+            now = self._now(s)
+            running = select(Run.id, Run.owner, (Run.lease_until < now).label("lapsed")).where(
+                Run.status == "running"
+            )
+            if run_ids is not None:
+                running = running.where(Run.id.in_(list(run_ids)))
+            marked = []
+            for r in s.execute(running).all():
+                dead = run_ids is not None or gone(r.owner)
+                if not dead and not r.lapsed:
+                    continue
+                # Only while it is still running, and (a lapsed lease) not renewed since it was read.
+                still = [Run.id == r.id, Run.status == "running"]
+                if not dead:
+                    still.append(Run.lease_until < now)
+                why = "was stopped" if run_ids is not None else "stopped before it finished"
+                stmt = (
+                    update(Run)
+                    .where(*still)
+                    .values(
+                        status="interrupted",
+                        finished_at=now,
+                        lease_until=None,
+                        error=f"the process running it ({r.owner}) {why}",
+                    )
+                )
+                if s.execute(stmt).rowcount:
+                    marked.append(r.id)
+            return marked
+
+        marked = self._write(write)
+        if marked:
+            log.warning("marked %d run(s) interrupted: %s", len(marked), ", ".join(marked))
+        return marked
+
+    def _insert_run(
+        self,
+        s: Session,
+        run: RunIn,
+        images: Sequence[ImageIn],
+        *,
+        finished: bool = True,
+        **values: Any,
+    ) -> None:
+        self._add_images(s, images)
+        row = Run(**{c.key: getattr(run, c.key) for c in Run.__table__.columns} | values)
+        row.created_at = run.created_at or datetime.now(UTC)
+        row.finished_at = (run.finished_at or datetime.now(UTC)) if finished else None
+        row.images = [RunImage(position=i, sha256=sha) for i, sha in enumerate(run.image_shas)]
+        s.add(row)
+        s.flush()
+
+    @staticmethod
+    def _add_steps(s: Session, run_id: str, steps: Sequence[Mapping[str, Any]], start: int = 0) -> None:
+        s.add_all(
+            Step(
+                run_id=run_id,
+                seq=start + i,
+                started_at=datetime.fromtimestamp(st.get("started_at") or time.time(), UTC),
+                **{k: st.get(k) for k in _STEP_FIELDS},
+            )
+            for i, st in enumerate(steps)
+        )
+        s.flush()
+
+    @staticmethod
+    def _add_rewards(s: Session, run_id: str, rewards: Sequence[RewardIn]) -> None:
+        if not rewards:
+            return
+        step_ids = {
+            seq: id_ for seq, id_ in s.execute(select(Step.seq, Step.id).where(Step.run_id == run_id))
+        }
+        s.add_all(
+            Reward(
+                run_id=run_id,
+                step_id=step_ids[r.step] if r.step is not None else None,
+                role=r.role,
+                kind=r.kind,
+                value=r.value,
+                source=r.source,
+            )
+            for r in rewards
+        )
 
     def _add_images(self, s: Session, images: Sequence[ImageIn]) -> None:
         """Insert the images not stored yet; another writer may be inserting the same one right now."""

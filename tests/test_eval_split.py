@@ -99,9 +99,12 @@ def _stable(x: Any) -> Any:
 
 
 def _runs_per_case(store: TrajectoryStore, eval_id: str) -> Counter:
+    """Successful runs per case (a killed process's run in flight stays too, ``interrupted``)."""
     with store.session() as s:
         rows = s.execute(
-            select(Run.case_id, func.count()).where(Run.eval_id == eval_id).group_by(Run.case_id)
+            select(Run.case_id, func.count())
+            .where(Run.eval_id == eval_id, Run.status == "ok")
+            .group_by(Run.case_id)
         ).all()
     return Counter(dict(rows))
 
@@ -150,6 +153,10 @@ def test_three_processes_one_killed_run_every_case_once(postgres_server, tmp_pat
             assert claims[case_id].attempts == 2
         runs = _runs_per_case(store, "split")
         assert len(runs) == N_CASES and set(runs.values()) == {1}, runs
+        store.mark_interrupted()  # (the survivors' runtimes mark it too, at their lease renewals)
+        cut = [r for r in store.list_runs(limit=None, eval_id="split") if r.status != "ok"]
+        assert all(r.status == "interrupted" and _pid(r.owner) == victim.pid for r in cut), cut
+        assert {r.case_id for r in cut} <= held
         assert reports[0]["cases"]["run"] == N_CASES and _stable(reports[0]) == _stable(reports[1])
 
         with SlowServer() as server:  # the reference: one process, a fresh eval id

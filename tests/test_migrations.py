@@ -176,3 +176,23 @@ def test_upgrade_from_0002_adds_step_timing_and_run_mode(db_url):
     assert "batch_id" not in {c["name"] for c in inspect(engine).get_columns("steps")}
     assert "mode" not in {c["name"] for c in inspect(engine).get_columns("runs")}
     engine.dispose()
+
+
+def test_upgrade_from_0004_adds_run_leases(db_url):
+    engine = make_engine(db_url)
+    migrate.upgrade(engine, "0004")
+    _fill_0001(engine)
+    migrate.upgrade(engine)
+    assert _diff(engine) == []
+    store = TrajectoryStore(db_url)
+    old = store.get_run("old-run")
+    assert (old.status, old.owner, old.lease_until) == ("ok", None, None)
+    assert store.mark_interrupted() == []  # a finished run of before is left alone
+    store.begin_run(
+        RunIn(id="live", thread_id="live", question="q", status="ok"), [], owner="h:1:n", lease_s=60
+    )
+    assert store.get_run("live").status == "running"
+    store.close()
+    migrate.downgrade(engine, "0004")
+    assert not {"owner", "lease_until"} & {c["name"] for c in inspect(engine).get_columns("runs")}
+    engine.dispose()

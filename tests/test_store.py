@@ -67,7 +67,8 @@ def test_every_run_column_round_trips_without_a_field_list(store):
         "status": "error", "error": "Boom", "source": "eval", "case_id": "c7", "question": "q?",
         "options": ["A", "B"], "gold_answer": "B", "gold_specialty": "Radiologist",
         "specialties": ["Radiologist"], "answer": "A", "answer_status": "ok", "wall_s": 1.5,
-        "meta": {"kind": "closed"}, "eval_id": "ev", "mode": "single",
+        "meta": {"kind": "closed"}, "eval_id": "ev", "mode": "single", "owner": "host:12:ab",
+        "lease_until": when + timedelta(seconds=3),
     }  # fmt: skip
     assert set(values) == {c.key for c in Run.__table__.columns}  # a new column joins this test
     run = RunIn(**values)
@@ -75,9 +76,13 @@ def test_every_run_column_round_trips_without_a_field_list(store):
     store.save_run(run, [_step("triage", "triage")], [])
     d = run_to_dict(store.get_run("all"))
     expected = {("run_id" if k == "id" else k): v for k, v in values.items()}
-    expected |= {"created_at": when.isoformat(), "finished_at": (when + timedelta(seconds=2)).isoformat()}
+    expected |= {k: values[k].isoformat() for k in ("created_at", "finished_at", "lease_until")}
     assert set(d) == {*expected, "images", "steps"}
-    for k in ("created_at", "finished_at"):  # SQLite hands datetimes back without their UTC offset
+    for k in (
+        "created_at",
+        "finished_at",
+        "lease_until",
+    ):  # SQLite hands datetimes back without their UTC offset
         assert d[k].startswith(expected.pop(k).removesuffix("+00:00"))
     assert {k: d[k] for k in expected} == expected
     assert set(d["steps"][0]) == {c.key for c in Step.__table__.columns} - {"id", "run_id"}

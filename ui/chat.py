@@ -230,11 +230,12 @@ class Transcript:
             self.messages[index] = _thought(title, "_(did not finish)_", status="done")
             self._open.pop(key)
         run = f"run `{event['run_id']}`"
-        if event.get("status") == "error":
+        what = {"error": "The run failed", "interrupted": "The run was interrupted"}.get(event.get("status"))
+        if what:
             self.messages.append(
                 {
                     "role": "assistant",
-                    "content": f"⚠️ **The run failed:** {as_text(redact_paths(event.get('error')))}\n\n"
+                    "content": f"⚠️ **{what}:** {as_text(redact_paths(event.get('error')))}\n\n"
                     f"The steps that finished are stored as {run}.",
                 }
             )

@@ -16,6 +16,7 @@ from PIL import Image
 from app.policies import listed_name
 from data.difficulty import LEVELS
 from data.run_view import run_report
+from data.schema import RUN_STATUSES
 from data.store import TrajectoryStore
 from ui.policy_names import name_run_policies
 from ui.queries import NO_DIFFICULTY, RunFilter, find_runs, run_difficulty
@@ -127,8 +128,8 @@ def graph_path(run: dict[str, Any]) -> str:
                 specialists = []
         else:
             parts.append(st["node"])
-    if run["status"] == "error":
-        parts.append("✗ error")
+    if run["status"] in ("error", "interrupted"):
+        parts.append(f"✗ {run['status']}")
     return " → ".join(parts) or "(no step finished)"
 
 
@@ -198,7 +199,7 @@ def build_traces_tab(store: TrajectoryStore, downloads: Path) -> TracesTab:
     """Render the traces tab's components inside the current ``gr.Tab``; run downloads go to ``downloads``."""
     downloads.mkdir(parents=True, exist_ok=True)
     with gr.Row(elem_id="traces-filters"):
-        status = gr.Dropdown([ANY, "ok", "error"], value=ANY, label="Status", scale=1)
+        status = gr.Dropdown([ANY, *RUN_STATUSES], value=ANY, label="Status", scale=1)
         policy = gr.Dropdown([("any", ANY)], value=ANY, label="Policy version", scale=2)
         since = gr.Textbox(
             label="From (YYYY-MM-DD)", placeholder="2026-11-24", scale=1, elem_id="traces-from"

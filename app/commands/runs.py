@@ -14,6 +14,7 @@ from app.commands.common import console, fail, open_store
 from app.run_terminal import diff_table, print_run, timeline_table
 from data.run_view import diff_runs, run_report
 from data.run_view import timeline as timeline_bars
+from data.schema import RUN_STATUSES
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect stored runs (trajectories).")
 
@@ -21,10 +22,13 @@ runs_app = typer.Typer(no_args_is_help=True, help="Inspect stored runs (trajecto
 @runs_app.command("list")
 def runs_list(
     limit: int = 20,
-    status: Annotated[str | None, typer.Option(help="ok | error")] = None,
+    status: Annotated[str | None, typer.Option(help=" | ".join(RUN_STATUSES))] = None,
 ) -> None:
-    """The newest stored runs."""
+    """The newest stored runs; a run whose process died shows ``interrupted``."""
+    if status not in (None, *RUN_STATUSES):
+        fail(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
     with closing(open_store()) as store:
+        store.mark_interrupted()  # runs whose process is gone, found here first
         runs = store.list_runs(limit=limit, status=status)
     table = Table()
     table.add_column("run_id", no_wrap=True, min_width=32)
@@ -54,6 +58,7 @@ def runs_show(
     """One run with every step: completion, parse, tokens, latency, policy version, rewards; the
     gold answer. ``--json`` adds the exact prompts; ``--timeline`` draws the calls on a time axis."""
     with closing(open_store()) as store:
+        store.mark_interrupted()
         report = run_report(store, run_id)
     if report is None:
         fail(f"no run {run_id!r}")

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.evaluation.claims import DEFAULT_LEASE_S, LeaseKeeper, claim_owner
+from app.evaluation.claims import DEFAULT_LEASE_S, claim_keeper
 from app.evaluation.report import EvalError, build_report
 from app.evaluation.stored import eval_records
 from app.runtime import CaseRequest, InputError, Runtime
 from data.benchmarks import BenchmarkCase, load_benchmark
 from data.images import ImageError
+from data.leases import process_owner
 from data.schema import ROLES
 from data.specialties import SPECIALTIES
 from graph.context import GraphMode
@@ -224,11 +225,11 @@ def run_cases(
         if case.case_id in done and on_case:
             reported.add(case.case_id)
             on_case(CaseOutcome(case.case_id, "reused"))
-    owner = claim_owner()
+    owner = process_owner()
     poll = min(1.0, lease_s / 4)
     try:
         with (
-            LeaseKeeper(store, owner, lease_s),
+            claim_keeper(store, owner, lease_s),
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eval") as pool,
         ):
             pending: set[Future[CaseOutcome]] = set()

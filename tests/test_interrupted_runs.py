@@ -1,0 +1,343 @@
+"""No case vanishes (issue 32): a run is recorded when it starts and finished when it ends; one whose
+process dies is left ``interrupted``, with its steps so far, its images and its LangGraph thread.
+
+The store part on SQLite and PostgreSQL; the runtime with real stores and scripted models; and the
+CLI for real: ``mmedagent ask`` killed with SIGKILL during the attending step (a real
+OpenAI-compatible server on loopback holds that request), then ``runs list`` and a follow-up.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from app.runtime import CaseRequest
+from data.images import load_image
+from data.leases import owner_gone, process_owner
+from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
+from tests.loopback import LoopbackServer, QuietHandler
+from tests.scripted import ScriptedBackend, request_text
+
+ROOT = Path(__file__).resolve().parents[1]
+ANSWER = "<think>looked</think><answer>B</answer>"
+ATTENDING = "You are the attending physician"
+
+
+def _step(node: str) -> dict:
+    return {"node": node, "role": node, "messages": [], "completion": ANSWER, "parse_status": "ok",
+            "model_id": "m", "started_at": time.time()}  # fmt: skip
+
+
+def _dead_owner() -> str:
+    """The lease name of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return f"{socket.gethostname()[:100]}:{proc.pid}:dead"
+
+
+def test_owner_gone_only_for_an_exited_process_of_this_host():
+    assert owner_gone(_dead_owner())
+    assert not owner_gone(process_owner())  # this process
+    assert not owner_gone(f"another-host:{os.getpid() + 1_000_000}:x")  # its lease decides
+    assert not owner_gone(None) and not owner_gone("garbage")
+
+
+def test_run_recorded_at_start_finished_at_end(store):
+    img = ImageIn("c" * 64, "image/png", 1, 1, b"px")
+    run = RunIn(id="r", thread_id="t", question="q?", status="ok", image_shas=[img.sha256])
+    store.begin_run(run, [img], owner="h:1:a", lease_s=60)
+    store.add_step("r", 0, _step("triage"))
+    row = store.get_run("r")
+    assert (row.status, row.owner, row.finished_at) == ("running", "h:1:a", None)
+    assert row.lease_until is not None and [s.node for s in row.steps] == ["triage"]
+    assert [i.sha256 for i in row.images] == [img.sha256] and store.image_bytes(img.sha256) == b"px"
+    assert [r.id for r in store.list_runs(status="running")] == ["r"]
+
+    done = RunIn(id="r", thread_id="t", question="q?", status="ok", answer="B", image_shas=[img.sha256])
+    steps = [_step("triage"), _step("attending")]  # the first was stored already, the second not
+    store.finish_run(done, steps, [RewardIn(step=1, role="attending", kind="format", value=1.0)])
+    row = store.get_run("r")
+    assert (row.status, row.answer, row.owner, row.lease_until) == ("ok", "B", "h:1:a", None)
+    assert row.finished_at is not None and [s.node for s in row.steps] == ["triage", "attending"]
+    (reward,) = store.rewards("r")
+    assert reward.step_id == row.steps[1].id
+
+
+def test_interrupted_when_its_process_is_gone_or_its_lease_lapsed(store):
+    def begin(run_id: str, owner: str, lease_s: float) -> None:
+        store.begin_run(RunIn(id=run_id, thread_id=f"t-{run_id}", question="q", status="ok"), [],
+                        owner=owner, lease_s=lease_s)  # fmt: skip
+
+    begin("dead", _dead_owner(), 60)  # this host, its process exited: marked at once
+    begin("alive", process_owner(), 60)  # this very process
+    begin("far", "other-host:7:x", 60)  # another host within its lease
+    begin("lapsed", "other-host:8:y", 0.2)  # another host that stopped renewing
+    store.add_step("dead", 0, _step("triage"))
+    time.sleep(0.5)
+    assert sorted(store.mark_interrupted()) == ["dead", "lapsed"]
+    assert store.mark_interrupted() == []  # marked once
+    dead = store.get_run("dead")
+    assert dead.status == "interrupted" and dead.finished_at is not None and dead.lease_until is None
+    assert "stopped before it finished" in dead.error and dead.owner in dead.error
+    assert [s.node for s in dead.steps] == ["triage"] and dead.thread_id == "t-dead"
+    assert {r.id for r in store.list_runs(status="interrupted")} == {"dead", "lapsed"}
+    assert {r.id for r in store.list_runs(status="running")} == {"alive", "far"}
+
+    # a renewed lease holds; one not renewed lapses and whoever looks marks it
+    begin("renewed", "other-host:9:z", 0.3)
+    begin("forgotten", "other-host:10:w", 0.3)
+    for _ in range(3):
+        time.sleep(0.15)
+        assert store.renew_runs("other-host:9:z", 0.3) == 1
+    assert store.mark_interrupted() == ["forgotten"]
+
+
+@pytest.fixture
+def scripted_runtime(make_runtime):
+    """A runtime on scripted models whose attending raises ``box["raise"]`` (when set)."""
+    box: dict[str, BaseException | None] = {"raise": None}
+
+    def attending(req):
+        if box["raise"] is not None:
+            raise box["raise"]
+        return ANSWER
+
+    backend = ScriptedBackend(lambda r: attending(r) if ATTENDING in request_text(r) else ANSWER)
+    rt = make_runtime(backends=dict.fromkeys(("triage", "specialist", "attending"), backend), n_specialists=1)
+    return rt, box
+
+
+def _request(rt, **kw) -> CaseRequest:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (90, 40, 40)).save(buf, "PNG")
+    image = load_image(buf.getvalue(), limits=rt.settings.image_limits())
+    return CaseRequest(question="What is seen?", images=[image], options=["A) x", "B) y"], **kw)
+
+
+def test_runtime_records_the_owner_and_a_stopped_run_is_kept(scripted_runtime):
+    rt, box = scripted_runtime
+    ok = rt.ask(_request(rt))
+    row = rt.store.get_run(ok.run_id)
+    assert (row.status, row.owner, row.lease_until) == ("ok", rt.owner, None)
+    assert rt.owner.split(":")[1] == str(os.getpid())
+    assert [s.node for s in row.steps] == ["triage", "specialist", "attending"]
+
+    box["raise"] = KeyboardInterrupt()  # Ctrl-C during the attending step
+    with pytest.raises(KeyboardInterrupt):
+        rt.ask(_request(rt))
+    (stopped,) = rt.store.list_runs(status="interrupted")
+    stopped = rt.store.get_run(stopped.id)
+    assert [s.node for s in stopped.steps] == ["triage", "specialist"]
+    assert "was stopped" in stopped.error and stopped.answer is None
+
+    box["raise"] = None  # its case goes on: a follow-up on the interrupted run's thread
+    follow = rt.ask(_request(rt, thread_id=stopped.thread_id))
+    assert follow.status == "ok" and follow.thread_id == stopped.thread_id
+
+
+def test_a_new_runtime_marks_runs_of_dead_processes(scripted_runtime, make_runtime):
+    rt, _ = scripted_runtime
+    rt.store.begin_run(RunIn(id="orphan", thread_id="orphan", question="q", status="ok"), [],
+                       owner=_dead_owner(), lease_s=600)  # fmt: skip
+    assert rt.store.get_run("orphan").status == "running"
+    make_runtime(backends=rt.backends)  # the app's next start
+    assert rt.store.get_run("orphan").status == "interrupted"
+
+
+class AttendingHolds(LoopbackServer):
+    """``/v1/chat/completions``: answers at once, but holds each attending request until ``release``."""
+
+    def __init__(self) -> None:
+        self.attending, self.release = threading.Event(), threading.Event()
+        server = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:
+                body = self.read_json()
+                if ATTENDING in json.dumps(body["messages"]):
+                    server.attending.set()
+                    server.release.wait(120)
+                self.send_completion(body.get("model"), ANSWER, 3)
+
+        super().__init__(Handler)
+
+
+def _running_steps(store: TrajectoryStore) -> int:
+    running = store.list_runs(status="running")
+    return len(store.get_run(running[0].id).steps) if running else 0
+
+
+def _cli(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cli_killed_during_the_attending_step_leaves_an_interrupted_run(tmp_path):
+    home, image = tmp_path / "home", tmp_path / "case.png"
+    Image.new("RGB", (32, 32), (90, 40, 40)).save(image)
+    db_url = f"sqlite:///{home / 'store.db'}"
+    with AttendingHolds() as server:
+        env = {
+            **os.environ, "MMEDAGENT_HOME": str(home), "MMEDAGENT_DB_URL": db_url,
+            "MMEDAGENT_MODEL": "held-server", "MMEDAGENT_N_SPECIALISTS": "1", "COLUMNS": "200",
+            **{f"MMEDAGENT_{r}__BACKEND": "openai" for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+            **{f"MMEDAGENT_{r}__BASE_URL": server.base_url for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+        }  # fmt: skip
+        args = ["ask", "-q", "What is seen?", "-i", str(image), "-o", "A) x", "-o", "B) y"]
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        assert server.attending.wait(120), proc.communicate(timeout=10)[0] if proc.poll() is not None else ""
+        store = TrajectoryStore(db_url)
+        try:
+            deadline = time.monotonic() + 60
+            while _running_steps(store) < 2:  # triage and specialist stored, attending held
+                assert time.monotonic() < deadline and proc.poll() is None, "no running run with 2 steps"
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+            (run,) = store.list_runs(limit=None)
+            assert (run.status, run.owner.split(":")[1]) == ("running", str(proc.pid))  # as it died
+
+            listed = _cli(env, "runs", "list")
+            assert listed.returncode == 0, listed.stderr
+            row = next(line for line in listed.stdout.splitlines() if run.id in line)
+            assert "interrupted" in row, listed.stdout
+            shown = json.loads(_cli(env, "runs", "show", run.id, "--json").stdout)
+            assert shown["status"] == "interrupted" and str(proc.pid) in shown["error"]
+            assert [s["node"] for s in shown["steps"]] == ["triage", "specialist"]
+            with sqlite3.connect(home / "checkpoints.sqlite") as db:  # the orphan thread is the run's
+                threads = {t for (t,) in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+            assert threads == {run.thread_id}
+
+            server.release.set()  # the case goes on: a follow-up with its stored images
+            follow = _cli(env, "ask", "--case", run.thread_id, "-q", "And now?", "--json")
+            assert follow.returncode == 0, follow.stderr
+            assert json.loads(follow.stdout)["thread_id"] == run.thread_id
+            statuses = {r.id: r.status for r in store.list_runs(limit=None)}
+            assert statuses[run.id] == "interrupted" and sorted(statuses.values()) == ["interrupted", "ok"]
+        finally:
+            store.close()
+
+
+def _serve_ui(env: dict, port: int) -> subprocess.Popen:
+    """``mmedagent ui`` as its own process; returns once it answers HTTP."""
+    import httpx
+
+    exe = Path(sys.executable).with_name("mmedagent")
+    proc = subprocess.Popen([str(exe), "ui", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    line = ""
+    while "mmedagent UI on" not in line:
+        line = proc.stdout.readline()
+        assert line, "mmedagent ui exited without serving"
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    raise AssertionError("mmedagent ui did not answer")
+
+
+@pytest.mark.slow
+def test_ui_killed_during_the_attending_step_reopens_the_case_interrupted(tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.test_ui_browser import STEP_TIMEOUT_MS, send, shot
+    from tests.ui_server import chromium, free_port
+
+    home, image = tmp_path / "home", tmp_path / "case.png"
+    Image.new("RGB", (32, 32), (90, 40, 40)).save(image)
+    db_url = f"sqlite:///{home / 'store.db'}"
+    with AttendingHolds() as server, chromium() as browser:
+        env = {
+            **os.environ, "MMEDAGENT_HOME": str(home), "MMEDAGENT_DB_URL": db_url,
+            "MMEDAGENT_MODEL": "held-server", "MMEDAGENT_N_SPECIALISTS": "1", "HF_HUB_OFFLINE": "1",
+            **{f"MMEDAGENT_{r}__BACKEND": "openai" for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+            **{f"MMEDAGENT_{r}__BASE_URL": server.base_url for r in ("TRIAGE", "SPECIALIST", "ATTENDING")},
+        }  # fmt: skip
+        port = free_port()
+        first = _serve_ui(env, port)
+        second = None
+        store = TrajectoryStore(db_url)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#case-input textarea")
+            send(page, "What is seen on the left?", [image], ["A) x", "B) y"])
+            assert server.attending.wait(120), "the attending step never started"
+            deadline = time.monotonic() + 60
+            while _running_steps(store) < 2:
+                assert time.monotonic() < deadline and first.poll() is None, "no running run with 2 steps"
+                time.sleep(0.05)
+            first.kill()  # SIGKILL, mid-case
+            assert first.wait(timeout=30) == -signal.SIGKILL
+            (run,) = store.list_runs(limit=None)
+            assert run.status == "running"
+
+            port = free_port()
+            second = _serve_ui(env, port)  # the next start marks it
+            assert store.get_run(run.id).status == "interrupted"
+            page.goto(f"http://127.0.0.1:{port}/?case={run.thread_id}")
+            chat = page.locator("#case-chat")
+            chat.get_by_text("The run was interrupted").wait_for()
+            text = chat.inner_text()
+            assert (
+                "What is seen on the left?" in text
+                and run.id in text
+                and "stopped before it finished" in text
+            )
+            assert (
+                chat.get_by_text("Triage →").count() == 1 and chat.get_by_text("Specialist · ").count() == 1
+            )
+            assert chat.get_by_text("Answer:").count() == 0
+            assert chat.locator("img").count() >= 1  # its image, from the store
+            shot(page, "interrupted-case")
+            page.click("#open-trace")
+            summary = page.locator("#trace-summary")
+            summary.get_by_text("Graph path").wait_for()
+            assert run.id in summary.inner_text() and "✗ interrupted" in summary.inner_text()
+            expect(page.locator("#runs-table")).to_contain_text("interrupted")
+        finally:
+            server.release.set()
+            store.close()
+            for proc in (first, second):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+
+
+def test_runs_list_filters_by_each_status_and_refuses_another(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", db_url)
+    store = TrajectoryStore(db_url)
+    store.begin_run(RunIn(id="gone-run", thread_id="g", question="q", status="ok"), [],
+                    owner=_dead_owner(), lease_s=60)  # fmt: skip
+    store.close()
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list", "--status", "interrupted"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0 and "gone-run" in listed.output and "interrupted" in listed.output
+    assert "gone-run" not in runner.invoke(app, ["runs", "list", "--status", "running"]).output
+    bad = runner.invoke(app, ["runs", "list", "--status", "lost"])
+    assert bad.exit_code == 2 and "running, interrupted" in bad.output
