@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -72,6 +73,61 @@ def test_a_client_quiet_for_a_day_starts_again_from_zero():
     assert limits.failed("10.0.0.1") == (1, 0)
 
 
+@pytest.mark.parametrize(
+    ("failures", "pending", "wait"),
+    [
+        (0, 4, 0),  # five attempts may be in flight at once ...
+        (0, 5, 30),  # ... not six: their five failures would lock the sixth out
+        (3, 1, 0),
+        (3, 2, 30),  # three failures and two in flight use up the five free ones
+        (5, 0, 0),
+        (5, 1, 30),
+        (6, 0, 0),  # after a lock-out has run out: one attempt at a time ...
+        (6, 1, 60),  # ... refused for the lock its failure would start
+        (7, 1, 100),
+    ],
+)
+def test_attempts_in_flight_count_before_their_answer(failures, pending, wait):
+    clock = Clock()
+    limits = limiter(clock)
+    for _ in range(failures):
+        assert limits.admit("10.0.0.1") == 0
+        limits.failed("10.0.0.1")
+        clock.now += limits.retry_after("10.0.0.1")
+    assert [limits.admit("10.0.0.1") for _ in range(pending)] == [0] * pending
+    assert limits.admit("10.0.0.1") == wait
+    assert limits.admit("10.0.0.2") == 0  # per client
+
+
+def test_settled_attempts_free_their_place():
+    clock = Clock()
+    limits = limiter(clock)
+    assert [limits.admit("10.0.0.1") for _ in range(6)] == [0] * 5 + [30]
+    limits.abandoned("10.0.0.1")  # no verdict (an error): not counted, its place is free
+    assert limits.admit("10.0.0.1") == 0
+    limits.succeeded("10.0.0.1")  # the count restarts, the four others are still in flight
+    assert [limits.admit("10.0.0.1") for _ in range(2)] == [0, 30]
+    assert [limits.failed("10.0.0.1") for _ in range(5)] == [
+        (i, 0) if i <= 5 else (i, 30) for i in range(1, 6)
+    ]
+    assert limits.admit("10.0.0.1") == 0  # five failures, none in flight: one more may try
+    assert limits.failed("10.0.0.1") == (6, 30)
+    assert limits.admit("10.0.0.1") == 30
+
+
+def test_the_least_recently_seen_client_is_forgotten_beyond_the_maximum():
+    clock = Clock()
+    limits = LoginLimiter(free_failures=1, first_lock_s=30, max_clients=3, clock=clock)
+    for client in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        limits.failed(client)
+        limits.failed(client)
+        assert limits.retry_after(client) == 30
+    assert limits.admit("10.0.0.1") == 30  # a refused try counts as seen: 10.0.0.2 is now the oldest
+    limits.failed("10.0.0.4")
+    assert [limits.retry_after(f"10.0.0.{i}") for i in range(1, 5)] == [30, 0, 30, 0]
+    assert limits.failed("10.0.0.2") == (1, 0)  # forgotten: it starts again from zero
+
+
 def login(url: str, username: str, password: str) -> httpx.Response:
     """A login as Gradio's login page sends it: a multipart form."""
     return httpx.post(f"{url}/login", files={"username": (None, username), "password": (None, password)})
@@ -130,3 +186,43 @@ def test_the_login_page_refuses_a_locked_out_browser_and_states_the_rule(tmp_pat
         page.reload()
         expect(page.get_by_label("password")).to_be_visible()  # still the login page, not the app
         expect(page.locator("#case-input")).to_have_count(0)
+
+
+async def concurrent_logins(url: str, passwords: list[str]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        form = [{"username": (None, "clinic"), "password": (None, p)} for p in passwords]
+        return await asyncio.gather(*(client.post(f"{url}/login", files=f) for f in form))
+
+
+@pytest.mark.slow
+def test_parallel_wrong_logins_get_no_more_guesses_than_the_free_ones(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="ui.login_limit")
+    with login_server(tmp_path / "home") as url:
+        answers = asyncio.run(concurrent_logins(url, [f"guess-{i}" for i in range(10)]))
+        assert [a.status_code for a in answers] == [400] * 10
+        refused = ["Too many failed logins" in a.json()["detail"] for a in answers]
+        assert 5 <= sum(refused) < 10, [a.json() for a in answers]  # at most five reached Gradio
+        failed = [r for r in caplog.records if r.getMessage().startswith("login failed")]
+        assert len(failed) == 10 - sum(refused)
+        assert login(url, "clinic", "s3cret-pass").status_code == 200  # fewer than six failed
+
+
+@pytest.mark.slow
+def test_an_oversized_login_form_is_refused_unread(tmp_path):
+    padding = "x" * (64 * 1024)
+    with login_server(tmp_path / "home") as url:
+        form = {"username": (None, "clinic"), "password": (None, "s3cret-pass"), "pad": (None, padding)}
+        sized = httpx.post(f"{url}/login", files=form)  # the right login, were it forwarded
+        assert sized.status_code == 413 and "access-token" not in sized.headers.get("set-cookie", "")
+        assert "larger than 65536 bytes" in sized.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: the cap counts what arrives
+            yield b"username=clinic&password=s3cret-pass&pad="
+            for _ in range(17):
+                yield b"x" * 4096
+
+        form_type = {"content-type": "application/x-www-form-urlencoded"}
+        streamed = httpx.post(f"{url}/login", content=chunks(), headers=form_type)
+        assert streamed.status_code == 413 and "access-token" not in streamed.headers.get("set-cookie", "")
+        small = {"username": (None, "clinic"), "password": (None, "s3cret-pass"), "pad": (None, "x" * 1000)}
+        assert httpx.post(f"{url}/login", files=small).status_code == 200  # a normal form still logs in
