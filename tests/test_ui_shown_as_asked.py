@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from app.config import UISettings
+from app.feedback import record_verdict
 from app.runtime import Runtime
 from data.synthetic import make_case
 from tests.scripted import ScriptedBackend, request_text
@@ -30,6 +31,7 @@ BOLD, IMG, SCRIPT = "<b>bold</b>", "<img src=x onerror=alert(1)>", "<script>aler
 HOSTILE = f"{BOLD} {IMG} {SCRIPT}"
 QUESTION = f"Is it {HOSTILE} **not bold** | a $$x^2$$?"
 OPTIONS = [f"A) {HOSTILE}", "B) Normal"]
+FOLLOW_UP = "And the follow-up?"  # the attending garbles its answer to it (see :func:`asked`)
 GARBLED = "no tags at all " + "x" * 400 + f" {HOSTILE}"  # nothing can be parsed from it
 # Elements that hostile text would insert if it were rendered (the page has no others of these).
 INSERTED = "b, img[src='x'], img[onerror], script:not([src]), .katex"
@@ -104,11 +106,25 @@ def page(browser, clinic, dialogs):
 
 @pytest.fixture(scope="module")
 def asked(page, clinic):
-    """The hostile question, asked through the browser; returns its run id."""
+    """The hostile question, then a follow-up the attending garbles, asked through the browser.
+
+    Returns the question's run id; the follow-up is the store's run whose question is FOLLOW_UP.
+    """
     send(page, QUESTION, [clinic.image], OPTIONS)
     page.locator("#verdict-1").wait_for()
     (run,) = [r for r in clinic.runtime.store.list_runs() if r.question == QUESTION]
+    clinic.script.garbled = True
+    try:
+        send(page, FOLLOW_UP, [])
+        page.locator("#verdict-2").wait_for()
+    finally:
+        clinic.script.garbled = False
     return run.id
+
+
+def next_verdict(page):
+    """The verdict row the next answered question of the page's case will add."""
+    return page.locator(f"#verdict-{page.locator('.verdict-row').count() + 1}")
 
 
 def shows_literally(locator, *texts: str) -> None:
@@ -141,6 +157,7 @@ def test_the_status_line_says_the_first_question_runs_then_waits(browser, clinic
 
 
 def test_chat_shows_the_question_options_and_model_output_as_text(page, asked, dialogs):
+    open_tab(page, "Chat")
     chat = page.locator("#case-chat")
     bubble = chat.locator(".message.user, [data-testid=user]").first
     shows_literally(bubble, QUESTION, *OPTIONS)
@@ -153,7 +170,8 @@ def test_chat_shows_the_question_options_and_model_output_as_text(page, asked, d
     page.screenshot(path=str(ARTIFACTS / "chat-hostile.png"), full_page=True)
 
 
-def test_a_refused_right_answer_warning_clears_with_the_next_question(page, asked, clinic):
+def test_a_refused_right_answer_warning_clears_with_the_next_question(page, asked):
+    open_tab(page, "Chat")
     row = page.locator("#verdict-1")
     refused = f"Z) {BOLD} {IMG}"  # names no option: the whole of option A is not in it
     row.locator(".verdict-answer textarea").fill(refused)
@@ -169,17 +187,16 @@ def test_a_refused_right_answer_warning_clears_with_the_next_question(page, aske
     row.locator(".verdict-answer textarea").fill("Z) nonsense")
     row.locator(".verdict-wrong").click()
     expect(note).to_contain_text("names none of the run's options")
-    clinic.script.garbled = True  # the follow-up's attending says nothing readable
-    try:
-        send(page, "And the follow-up?", [])
-        page.locator("#verdict-2").wait_for()
-    finally:
-        clinic.script.garbled = False
+    answered = next_verdict(page)
+    send(page, "And the next question?", [])
+    answered.wait_for()
     expect(note).to_have_text("")
 
 
 def test_raw_output_wraps_and_is_shown_as_text(page, asked):
-    page.locator("#case-chat").get_by_text("Attending physician · reasoning").last.click()
+    open_tab(page, "Chat")
+    # The follow-up's (the case's second question) attending step: only garbled output is shown raw.
+    page.locator("#case-chat").get_by_text("Attending physician · reasoning").nth(1).click()
     raw = page.locator("#case-chat pre").last
     expect(raw).to_contain_text("x" * 400)
     shows_literally(raw, HOSTILE)
@@ -188,6 +205,7 @@ def test_raw_output_wraps_and_is_shown_as_text(page, asked):
 
 
 def test_a_huge_question_is_refused_before_it_is_shown_and_kept_in_the_box(page, asked, clinic):
+    open_tab(page, "Chat")
     runs = len(clinic.runtime.store.list_runs())
     huge = "y" * 200_000
     chat = page.locator("#case-chat")
@@ -202,13 +220,15 @@ def test_a_huge_question_is_refused_before_it_is_shown_and_kept_in_the_box(page,
     expect(page.locator("#case-input textarea")).to_have_value(huge)
     expect(page.locator("#case-options textarea")).to_have_value("A) yes\nB) no")
     expect(page.locator("#case-input .thumbnail-item")).to_have_count(1)
+    answered = next_verdict(page)
     page.fill("#case-input textarea", "Shorter now?")
     page.press("#case-input textarea", "Enter")
-    page.locator("#verdict-3").wait_for()
+    answered.wait_for()
     assert len(clinic.runtime.store.list_runs()) == runs + 1
 
 
-def test_traces_show_the_run_as_text_and_download_it_verbatim(page, asked, tmp_path, dialogs):
+def test_traces_show_the_run_as_text_and_download_it_verbatim(page, asked, clinic, tmp_path, dialogs):
+    record_verdict(clinic.runtime.store, asked, correct=False, answer=OPTIONS[0])  # a hostile right answer
     open_tab(page, "Traces")
     page.fill("#trace-run-id textarea", asked)
     page.click("#trace-open")
@@ -232,7 +252,8 @@ def test_traces_show_the_run_as_text_and_download_it_verbatim(page, asked, tmp_p
 
 
 def test_compare_shows_the_case_id_and_the_question_as_text(page, asked, clinic, dialogs):
-    follow_up = next(r for r in clinic.runtime.store.list_runs() if r.question == "And the follow-up?")
+    follow_up = next(r for r in clinic.runtime.store.list_runs() if r.question == FOLLOW_UP)
+    open_tab(page, "Traces")
     page.locator("#trace-compare").get_by_text("Compare with another run").click()
     page.fill("#compare-a textarea", asked)
     page.fill("#compare-b textarea", follow_up.id)
