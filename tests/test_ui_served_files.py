@@ -23,7 +23,7 @@ from gradio_client import Client
 from data.synthetic import make_case
 from tests.test_ui_client import FAST, ask, run_id_of
 from tests.ui_server import chromium, free_port, serving
-from ui.served import APP, MARKER, process_start
+from ui.served import APP, MARKER, process_start, stop_on_signals
 
 SCRIPT = """
 import sys
@@ -136,6 +136,23 @@ def test_ctrl_c_and_sigterm_remove_every_served_file(tmp_path, tiny_model_dir, i
     assert proc.returncode == 0, out
     assert listing(root) == []
     assert "Traceback" not in out
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored():
+    """Under ``nohup mmedagent ui &`` SIGHUP is ignored: closing the terminal must not stop it."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.getsignal(signal.SIGTERM)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.slow
