@@ -740,7 +740,8 @@ def _(ctx: SimpleNamespace) -> None:
 
 @contract(
     "ui/safety.py:RefusedFilesAreNotFound / ui/app.py:launch (app_kwargs)",
-    "gradio's file route (path containing '/file=') answers 403 for a file it will not serve; "
+    "gradio's file routes ('/file=<path>' and '/file/<path>', ui/file_access.py:requested_file) answer "
+    "403 for a file they will not serve; "
     "launch(app_kwargs=) reaches the FastAPI app (middleware) and enters a user 'lifespan'",
     "the middleware turns that 403 into 404 and the lifespan removes the served files: if the route, "
     "its status or app_kwargs' handling changed, update ui/safety.py / ui/app.py",
@@ -766,10 +767,11 @@ def _(ctx: SimpleNamespace) -> None:
             demo, app_kwargs={"middleware": middleware, "lifespan": remove_on_shutdown(served)}
         )
         with TestClient(app) as client:
-            statuses.append(client.get(f"/gradio_api/file={refused}").status_code)
+            for route in (f"/gradio_api/file={refused}", f"/gradio_api/file/{refused}"):
+                statuses.append(client.get(route).status_code)
         assert not served.exists(), "the user lifespan passed in app_kwargs was not run at shutdown"
-    assert statuses == [403, 404], (
-        f"file route statuses (plain, with the middleware): {statuses}, want [403, 404]"
+    assert statuses == [403, 403, 404, 404], (
+        f"file route statuses (file=, file/; plain, then with the middleware): {statuses}"
     )
 
 

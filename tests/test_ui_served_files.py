@@ -19,11 +19,17 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
 
 from data.synthetic import make_case
 from tests.test_ui_client import FAST, ask, run_id_of
 from tests.ui_server import chromium, free_port, serving
-from ui.served import APP, MARKER, process_start
+from ui.file_access import ServedToTheirClient
+from ui.served import APP, MARKER, process_start, stop_on_signals
 
 SCRIPT = """
 import sys
@@ -138,6 +144,23 @@ def test_ctrl_c_and_sigterm_remove_every_served_file(tmp_path, tiny_model_dir, i
     assert "Traceback" not in out
 
 
+def test_a_signal_the_process_was_started_ignoring_stays_ignored():
+    """Under ``nohup mmedagent ui &`` SIGHUP is ignored: closing the terminal must not stop it."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        stop_on_signals()
+        assert signal.getsignal(signal.SIGHUP) is signal.getsignal(signal.SIGTERM)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.slow
 def test_a_normal_exit_removes_every_served_file(tmp_path, tiny_model_dir, image):
     env, root = _env(tmp_path, tiny_model_dir), _root(tmp_path)
@@ -197,11 +220,54 @@ def test_a_served_file_goes_only_to_the_client_it_was_made_for(make_runtime, ima
         owner, served = _serve_files(url, image)  # run JSON, parquet export, preview(s)
         other = Client(url, verbose=False, download_files=False)
         assert owner.cookies and other.cookies and owner.cookies != other.cookies
-        for path in served:
-            file = f"{url}/gradio_api/file={path}"
-            assert httpx.get(file, cookies=owner.cookies).status_code == 200, path
-            assert httpx.get(file, cookies=other.cookies).status_code == 404, path
-            assert httpx.get(file).status_code == 404, path
+        for path in served:  # by each of gradio's file routes, and through a link to the path
+            for file in (
+                f"{url}/gradio_api/file={path}",
+                f"{url}/gradio_api/file/{path}",
+                f"{url}/gradio_api/file=/proc/self/root{path}",
+            ):
+                assert httpx.get(file, cookies=owner.cookies).status_code == 200, file
+                assert httpx.get(file, cookies=other.cookies).status_code == 404, file
+                assert httpx.get(file).status_code == 404, file
+        # Served paths are content-addressed: the same case's preview, the same run's JSON. A
+        # second client given them shares them; the first keeps them.
+        run_json, _, *previews = served
+        chat, *_ = ask(other, "What is shown?", [image]).result(timeout=180)
+        *_, same_run = other.predict(Path(run_json).stem.removeprefix("run-"), api_name="/open_run")
+        assert _path(same_run) == run_json and set(previews) <= set(
+            re.findall(r"'(/[^']+\.png)'", repr(chat))
+        )
+        for path in (run_json, *previews):
+            for client in (owner, other):
+                file = f"{url}/gradio_api/file={path}"
+                assert httpx.get(file, cookies=client.cookies).status_code == 200, path
+
+
+def test_only_paths_of_existing_files_are_noted_and_a_removed_file_is_forgotten(tmp_path):
+    """A client cannot grow the owners' table with made-up paths in its questions, nor claim a
+    file before it is made; an entry goes when its file does."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    async def echo(request: Request) -> JSONResponse:  # as the chat echoes a question
+        return JSONResponse({"text": request.query_params["q"]})
+
+    async def file(request: Request) -> FileResponse:
+        return FileResponse(request.path_params["path"])
+
+    app = Starlette(routes=[Route("/echo", echo), Route("/gradio_api/file={path:path}", file)])
+    made_up, removed = folder / "later.png", folder / "removed.png"
+    removed.write_bytes(b"x")
+    with TestClient(ServedToTheirClient(app, folder)) as client:
+        for path in (made_up, removed):
+            assert client.get("/echo", params={"q": str(path)}).status_code == 200
+        made_up.write_bytes(b"x")
+        assert client.get(f"/gradio_api/file={made_up}").status_code == 404  # not a file when named
+        assert client.get(f"/gradio_api/file={removed}").status_code == 200
+        removed.unlink()
+        assert client.get(f"/gradio_api/file={removed}").status_code == 404
+        removed.write_bytes(b"x")
+        assert client.get(f"/gradio_api/file={removed}").status_code == 404  # forgotten with its file
 
 
 PREVIEW_SHOWN = "() => [...document.querySelectorAll('#case-chat img')].some((i) => i.naturalWidth > 0)"

@@ -7,6 +7,8 @@ import re
 import socket
 from typing import Any
 
+from ui.file_access import requested_file
+
 DISCLAIMER = (
     "**Research software — not a medical device.** Answers come from experimental models and can be "
     "wrong. Never use them for clinical decisions."
@@ -63,7 +65,7 @@ class RefusedFilesAreNotFound:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or "/file=" not in scope.get("path", ""):
+        if scope["type"] != "http" or requested_file(scope.get("path", "")) is None:
             await self.app(scope, receive, send)
             return
 

@@ -134,6 +134,8 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def stop_on_signals() -> None:
     """Make SIGTERM (systemd, docker) and SIGHUP stop the server as Ctrl-C does: the server shuts
-    down and the process exits, so the served files are removed. Call from the main thread."""
+    down and the process exits, so the served files are removed. A signal the process was started
+    ignoring (SIGHUP under ``nohup``) stays ignored. Call from the main thread."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, _interrupt)
