@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
-from app.runtime import CaseRequest
+from app.runtime import CaseRequest, RunNotFinished
 from data.images import load_image
 from data.leases import owner_gone, process_owner
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
@@ -98,10 +99,18 @@ def test_interrupted_when_its_process_is_gone_or_its_lease_lapsed(store):
     # a renewed lease holds; one not renewed lapses and whoever looks marks it
     begin("renewed", "other-host:9:z", 0.3)
     begin("forgotten", "other-host:10:w", 0.3)
+    begin("given-up", "other-host:9:z", 0.3)  # same owner, but not among the runs it renews
     for _ in range(3):
         time.sleep(0.15)
-        assert store.renew_runs("other-host:9:z", 0.3) == 1
-    assert store.mark_interrupted() == ["forgotten"]
+        assert store.renew_runs("other-host:9:z", ["renewed", "forgotten"], 0.3) == 1
+    assert store.renew_runs("other-host:9:z", [], 0.3) == 0
+    assert sorted(store.mark_interrupted()) == ["forgotten", "given-up"]
+
+
+def test_finish_run_refuses_a_run_never_begun(store):
+    with pytest.raises(LookupError, match="never begun"):
+        store.finish_run(RunIn(id="nobody", thread_id="t", question="q", status="ok"), [])
+    assert store.get_run("nobody") is None
 
 
 @pytest.fixture
@@ -145,6 +154,37 @@ def test_runtime_records_the_owner_and_a_stopped_run_is_kept(scripted_runtime):
     box["raise"] = None  # its case goes on: a follow-up on the interrupted run's thread
     follow = rt.ask(_request(rt, thread_id=stopped.thread_id))
     assert follow.status == "ok" and follow.thread_id == stopped.thread_id
+
+
+def test_a_run_whose_end_cannot_be_stored_is_marked_and_its_lease_not_renewed(scripted_runtime, monkeypatch):
+    rt, _ = scripted_runtime
+    dropped = OperationalError("UPDATE runs", {}, Exception("server closed the connection unexpectedly"))
+
+    def drop(*_a, **_k):
+        raise dropped
+
+    monkeypatch.setattr(rt.store, "finish_run", drop)  # the database goes away as the run ends
+    with pytest.raises(RunNotFinished) as caught:
+        rt.ask(_request(rt))
+    row = rt.store.get_run(caught.value.run_id)
+    assert row.status == "interrupted" and [s.node for s in row.steps] == [
+        "triage",
+        "specialist",
+        "attending",
+    ]
+
+    # and when even marking it fails, it stays running but its lease is no longer renewed: it lapses
+    marking = rt.store.mark_interrupted
+    monkeypatch.setattr(
+        rt.store, "mark_interrupted", lambda run_ids=None, **kw: drop() if run_ids else marking(**kw)
+    )
+    with pytest.raises(RunNotFinished) as caught:
+        rt.ask(_request(rt))
+    before = rt.store.get_run(caught.value.run_id)
+    assert before.status == "running" and rt._in_flight == set()
+    time.sleep(0.05)
+    rt._keep_leases()  # what the lease keeper does every 20 s
+    assert rt.store.get_run(caught.value.run_id).lease_until == before.lease_until
 
 
 def test_a_new_runtime_marks_runs_of_dead_processes(scripted_runtime, make_runtime):

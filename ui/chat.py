@@ -24,7 +24,7 @@ import gradio as gr
 
 from app.feedback import FeedbackError, record_verdict
 from app.policies import policy_name
-from app.runtime import CaseRequest, CaseResult, InputError
+from app.runtime import CaseRequest, CaseResult, InputError, RunNotFinished
 from data.answers import is_correct, match_option, option_letters
 from data.images import ImageError, LoadedImage, encode_png, load_image
 from data.store import run_to_dict
@@ -363,7 +363,7 @@ class ChatController:
             except InputError as exc:
                 events.put(exc)
             except Exception as exc:  # a bug, not the user's input: logged with its traceback
-                log.exception("case failed before it could be stored")
+                log.exception("case failed (nothing stored, or its end not stored)")
                 events.put(exc)
             finally:
                 events.put(done)
@@ -453,6 +453,13 @@ class ChatController:
                     session.run_ids.append(item.run_id)
                     if req.gold_answer and item.status == "ok":
                         transcript.messages.append(right_answer(item.answer, req.gold_answer, options))
+                elif isinstance(item, RunNotFinished):  # recorded when it started: not "nothing"
+                    transcript.messages.append(
+                        _error(
+                            "The case could not be finished: an internal error (see the server log). "
+                            f"Its steps so far are kept as run `{item.run_id}`."
+                        )
+                    )
                 elif isinstance(item, Exception):
                     problem = (
                         str(item)
