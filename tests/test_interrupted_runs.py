@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 
 from app.runtime import CaseRequest, RunNotFinished
 from data.images import load_image
-from data.leases import owner_gone, process_owner
+from data.leases import HOST_CHARS, owner_gone, process_alive, process_owner, process_start
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from tests.loopback import LoopbackServer, QuietHandler
 from tests.scripted import ScriptedBackend, request_text
@@ -45,7 +45,7 @@ def _dead_owner() -> str:
     """The lease name of a process of this host that has exited."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    return f"{socket.gethostname()[:100]}:{proc.pid}:dead"
+    return f"{socket.gethostname()[:HOST_CHARS]}:{proc.pid}:dead"
 
 
 def test_owner_gone_only_for_an_exited_process_of_this_host():
@@ -111,6 +111,27 @@ def test_finish_run_refuses_a_run_never_begun(store):
     with pytest.raises(LookupError, match="never begun"):
         store.finish_run(RunIn(id="nobody", thread_id="t", question="q", status="ok"), [])
     assert store.get_run("nobody") is None
+
+
+def _reused_pid_owner() -> str:
+    """The lease name of an earlier process that had this process's pid (as pid 1 is, in a container
+    restarted): this pid, an earlier start time."""
+    start = process_start(os.getpid())
+    if start is None:
+        pytest.skip("no /proc: process start times are unknown here")
+    return f"{socket.gethostname()[:HOST_CHARS]}:{os.getpid()}:{int(start) - 1}:old"
+
+
+def test_owner_gone_when_its_pid_now_names_another_process():
+    start = process_start(os.getpid())
+    assert not owner_gone(process_owner()) and process_owner().split(":")[2] == start
+    assert owner_gone(_reused_pid_owner())
+    assert not owner_gone(f"{socket.gethostname()[:HOST_CHARS]}:{os.getpid()}:x")  # no start: pid only
+    assert process_alive(os.getpid(), start) and process_alive(os.getpid(), None)
+    assert not process_alive(os.getpid(), str(int(start) - 1))
+    dead = int(_dead_owner().split(":")[1])
+    assert not process_alive(dead, None) and not process_alive(dead, start)
+    assert len(process_owner()) <= 128  # the owner columns' width
 
 
 @pytest.fixture
@@ -191,9 +212,11 @@ def test_a_new_runtime_marks_runs_of_dead_processes(scripted_runtime, make_runti
     rt, _ = scripted_runtime
     rt.store.begin_run(RunIn(id="orphan", thread_id="orphan", question="q", status="ok"), [],
                        owner=_dead_owner(), lease_s=600)  # fmt: skip
-    assert rt.store.get_run("orphan").status == "running"
-    make_runtime(backends=rt.backends)  # the app's next start
-    assert rt.store.get_run("orphan").status == "interrupted"
+    rt.store.begin_run(RunIn(id="pid-reused", thread_id="pid-reused", question="q", status="ok"), [],
+                       owner=_reused_pid_owner(), lease_s=600)  # fmt: skip
+    assert rt.store.get_run("orphan").status == rt.store.get_run("pid-reused").status == "running"
+    make_runtime(backends=rt.backends)  # the app's next start, its pid reused or not
+    assert rt.store.get_run("orphan").status == rt.store.get_run("pid-reused").status == "interrupted"
 
 
 class AttendingHolds(LoopbackServer):
