@@ -404,3 +404,33 @@ def test_runs_list_filters_by_each_status_and_refuses_another(tmp_path, monkeypa
     assert "gone-run" not in runner.invoke(app, ["runs", "list", "--status", "running"]).output
     bad = runner.invoke(app, ["runs", "list", "--status", "lost"])
     assert bad.exit_code == 2 and "running, interrupted" in bad.output
+
+
+def _read_only(url: str) -> str:
+    """``url`` opened read-only: SQLite's ``mode=ro``, a PostgreSQL session that refuses writes."""
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    return f"{url}&options=-c%20default_transaction_read_only%3Don"
+
+
+def test_runs_list_and_show_read_a_read_only_database(db_url, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    store = TrajectoryStore(db_url)
+    store.begin_run(RunIn(id="gone-run", thread_id="g", question="q", status="ok"), [],
+                    owner=_dead_owner(), lease_s=60)  # fmt: skip
+    store.close()
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", _read_only(db_url))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "gone-run" in line)
+    assert "running" in row  # as stored: nothing could mark it
+    assert listed.stderr.count("not marked interrupted") == 1 and "Traceback" not in listed.output
+    shown = runner.invoke(app, ["runs", "show", "gone-run", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["status"] == "running" and "not marked interrupted" in shown.stderr
+
