@@ -434,3 +434,16 @@ def test_runs_list_and_show_read_a_read_only_database(db_url, tmp_path, monkeypa
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout)["status"] == "running" and "not marked interrupted" in shown.stderr
 
+
+def test_export_offers_finished_runs_only(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from data.schema import FINISHED_STATUSES, RUN_STATUSES
+
+    assert set(FINISHED_STATUSES) < set(RUN_STATUSES)
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    args = ["export", "--role", "attending", "--out", str(tmp_path / "out"), "--status"]
+    bad = CliRunner().invoke(app, [*args, "interrupted"])
+    assert bad.exit_code == 2 and f"must be one of {', '.join(FINISHED_STATUSES)}" in bad.output
