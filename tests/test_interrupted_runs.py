@@ -208,6 +208,28 @@ def test_a_run_whose_end_cannot_be_stored_is_marked_and_its_lease_not_renewed(sc
     assert rt.store.get_run(caught.value.run_id).lease_until == before.lease_until
 
 
+def test_the_chat_neither_calls_a_running_run_finished_nor_judges_an_unfinished_one(
+    scripted_runtime, tmp_path
+):
+    from ui.chat import ChatController, ChatSession, Transcript
+
+    rt, box = scripted_runtime
+    transcript = Transcript(str)  # a reopened run that another process still answers
+    transcript.on_event({"event": "run_finished", "run_id": "r1", "status": "running", "error": None})
+    (message,) = transcript.messages
+    assert "still being answered by another process" in message["content"] and "`r1`" in message["content"]
+
+    box["raise"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        rt.ask(_request(rt))
+    (stopped,) = rt.store.list_runs(status="interrupted")
+    controller = ChatController(rt, rt.settings.ui, tmp_path / "previews")
+    _, note = controller.verdict(stopped.id, True, None, ChatSession(run_ids=[stopped.id]))
+    assert (
+        "was interrupted: it has no answer to judge" in note and rt.store.latest_verdicts([stopped.id]) == {}
+    )
+
+
 def test_a_new_runtime_marks_runs_of_dead_processes(scripted_runtime, make_runtime):
     rt, _ = scripted_runtime
     rt.store.begin_run(RunIn(id="orphan", thread_id="orphan", question="q", status="ok"), [],
@@ -370,6 +392,9 @@ def test_ui_killed_during_the_attending_step_reopens_the_case_interrupted(tmp_pa
                 chat.get_by_text("Triage →").count() == 1 and chat.get_by_text("Specialist · ").count() == 1
             )
             assert chat.get_by_text("Answer:").count() == 0
+            verdict = page.locator("#verdict-1")  # no answer to judge: no verdict buttons
+            expect(verdict).to_contain_text("no verdict: the run was interrupted")
+            assert verdict.locator(".verdict-correct, .verdict-wrong").count() == 0
             assert chat.locator("img").count() >= 1  # its image, from the store
             shot(page, "interrupted-case")
             page.click("#open-trace")
