@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,15 @@ RUN_LEASE_S = 60.0
 
 class InputError(ValueError):
     """The case itself is unusable (empty question, too many options...): nothing is stored."""
+
+
+class RunNotFinished(RuntimeError):
+    """A run was recorded when it started, but storing its end failed (the database went away):
+    its steps stored so far are kept, and it was marked ``interrupted`` if the database allowed."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} could not be stored as finished")
+        self.run_id = run_id
 
 
 @dataclass
@@ -167,12 +176,27 @@ class Runtime:
         self._images: LRUCache[str, Image.Image] = LRUCache(IMAGE_CACHE_SIZE)
         self._images_lock = threading.Lock()
         self.owner = process_owner()
+        self._in_flight: set[str] = set()  # the runs this runtime is running: the leases it renews
+        self._in_flight_lock = threading.Lock()
         self.store.mark_interrupted()
         self._leases = LeaseKeeper(self._keep_leases, RUN_LEASE_S, name="run-lease").start()
 
     def _keep_leases(self) -> None:
-        self.store.renew_runs(self.owner, RUN_LEASE_S)
+        with self._in_flight_lock:
+            running = set(self._in_flight)
+        self.store.renew_runs(self.owner, running, RUN_LEASE_S)
         self.store.mark_interrupted()
+
+    @contextlib.contextmanager
+    def _holding(self, run_id: str) -> Iterator[None]:
+        """Renew ``run_id``'s lease while the block runs, and not after."""
+        with self._in_flight_lock:
+            self._in_flight.add(run_id)
+        try:
+            yield
+        finally:
+            with self._in_flight_lock:
+                self._in_flight.discard(run_id)
 
     def _resolve_policies(self) -> dict[str, int]:
         """Policy version id per role, from what the settings say each role serves."""
@@ -282,6 +306,19 @@ class Runtime:
             ).items()
         ]
 
+    def _finish(self, req: CaseRequest, run: RunIn, steps: list[dict[str, Any]]) -> None:
+        """Store the run's end; when that fails, mark it ``interrupted`` (its lease, no longer
+        renewed, lapses if even that fails) and raise :class:`RunNotFinished`."""
+        try:
+            self.store.finish_run(run, steps, self._rewards(req, run.options, steps))
+        except Exception as exc:
+            log.error("run %s could not be stored as finished: %s", run.id, exc)
+            try:
+                self.store.mark_interrupted(run_ids=[run.id])
+            except Exception as again:
+                log.error("run %s could not be marked interrupted either: %s", run.id, again)
+            raise RunNotFinished(run.id) from exc
+
     def ask(self, req: CaseRequest, on_event: EventHandler | None = None) -> CaseResult:
         """Run one case through the graph and persist its trajectory (also when it fails)."""
         # One batching session per run (app/backends/batcher.py): local backends batch this run's
@@ -320,56 +357,57 @@ class Runtime:
             "mode": self.mode.kind,
         }
         self.store.begin_run(RunIn(status="running", **record), images, owner=self.owner, lease_s=RUN_LEASE_S)
-        steps: list[dict[str, Any]] = []
-        final: dict[str, Any] = {}
-        error: str | None = None
-        t0 = time.perf_counter()
-        try:
-            for mode, chunk in self.graph.stream(
-                case_input, config, context=self.context(), stream_mode=["custom", "values"]
-            ):
-                if mode == "values":
-                    final = chunk
-                    continue
-                if chunk.get("event") == "step_finished":
-                    self._step_finished(run_id, steps, chunk["record"])
-                if on_event:
-                    on_event(chunk)
-        except Exception as exc:  # the run is recorded as failed, whatever broke
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("run %s failed: %s", run_id, error)
-        except BaseException:  # Ctrl-C, SystemExit: the run stops here, its steps so far are kept
-            with contextlib.suppress(Exception):
-                self.store.mark_interrupted(run_ids=[run_id])
-            raise
-        wall = time.perf_counter() - t0
-        status = "error" if error else "ok"
-        run = RunIn(
-            **record,
-            owner=self.owner,
-            status=status,
-            error=error,
-            specialties=final.get("specialties", []),
-            answer=None if error else final.get("answer"),
-            answer_status=None if error else final.get("answer_status"),
-            wall_s=wall,
-        )
-        self.store.finish_run(run, steps, self._rewards(req, run.options, steps))
-        if self.tracer is not None:
-            self.tracer.export_run(run, steps, self.context().sampling)
-        result = CaseResult(
-            run_id=run_id,
-            thread_id=thread_id,
-            status=status,
-            specialties=run.specialties,
-            triage_status=final.get("triage_status"),
-            opinions=[] if error else list(final.get("opinions", [])),
-            answer=run.answer,
-            answer_status=run.answer_status,
-            error=error,
-            wall_s=wall,
-            steps=steps,
-        )
-        if on_event:
-            on_event({"event": "run_finished", "run_id": run_id, "status": status, "error": error})
-        return result
+        with self._holding(run_id):
+            steps: list[dict[str, Any]] = []
+            final: dict[str, Any] = {}
+            error: str | None = None
+            t0 = time.perf_counter()
+            try:
+                for mode, chunk in self.graph.stream(
+                    case_input, config, context=self.context(), stream_mode=["custom", "values"]
+                ):
+                    if mode == "values":
+                        final = chunk
+                        continue
+                    if chunk.get("event") == "step_finished":
+                        self._step_finished(run_id, steps, chunk["record"])
+                    if on_event:
+                        on_event(chunk)
+            except Exception as exc:  # the run is recorded as failed, whatever broke
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("run %s failed: %s", run_id, error)
+            except BaseException:  # Ctrl-C, SystemExit: the run stops here, its steps so far are kept
+                with contextlib.suppress(Exception):
+                    self.store.mark_interrupted(run_ids=[run_id])
+                raise
+            wall = time.perf_counter() - t0
+            status = "error" if error else "ok"
+            run = RunIn(
+                **record,
+                owner=self.owner,
+                status=status,
+                error=error,
+                specialties=final.get("specialties", []),
+                answer=None if error else final.get("answer"),
+                answer_status=None if error else final.get("answer_status"),
+                wall_s=wall,
+            )
+            self._finish(req, run, steps)
+            if self.tracer is not None:
+                self.tracer.export_run(run, steps, self.context().sampling)
+            result = CaseResult(
+                run_id=run_id,
+                thread_id=thread_id,
+                status=status,
+                specialties=run.specialties,
+                triage_status=final.get("triage_status"),
+                opinions=[] if error else list(final.get("opinions", [])),
+                answer=run.answer,
+                answer_status=run.answer_status,
+                error=error,
+                wall_s=wall,
+                steps=steps,
+            )
+            if on_event:
+                on_event({"event": "run_finished", "run_id": run_id, "status": status, "error": error})
+            return result

@@ -14,6 +14,8 @@ TRAINABLE_ROLES = ("triage", "attending")
 # A run's status: finished (ok | error), in progress (running), or left unfinished by a process that
 # died or stopped renewing its lease (interrupted: its steps so far are kept).
 RUN_STATUSES = ("ok", "error", "running", "interrupted")
+# The statuses of finished runs: the only ones an export (app.commands.export, ui.trajectories) offers.
+FINISHED_STATUSES = ("ok", "error")
 
 
 def utcnow() -> datetime:

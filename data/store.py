@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, make_dataclass
 from datetime import UTC, datetime, timedelta
@@ -221,19 +221,18 @@ class TrajectoryStore:
     ) -> None:
         """Complete a run :meth:`begin_run` recorded: its final columns, the steps not stored yet
         and the rewards, in one transaction. Also when it was marked ``interrupted`` meanwhile (its
-        lease lapsed while it still ran): it did finish. A run not recorded yet is inserted whole."""
+        lease lapsed while it still ran): it did finish. A run never begun is an error."""
 
         def write(s: Session) -> None:
             row = s.get(Run, run.id, with_for_update=True)
             if row is None:
-                self._insert_run(s, run, ())
-            else:
-                if row.status != "running":
-                    log.warning("run %s was marked %s but finished after all", run.id, row.status)
-                for c in Run.__table__.columns:
-                    if c.key not in ("id", "created_at", "owner"):
-                        setattr(row, c.key, getattr(run, c.key))
-                row.finished_at, row.lease_until = run.finished_at or datetime.now(UTC), None
+                raise LookupError(f"run {run.id} was never begun (begin_run records it first)")
+            if row.status != "running":
+                log.warning("run %s was marked %s but finished after all", run.id, row.status)
+            for c in Run.__table__.columns:
+                if c.key not in ("id", "created_at", "owner"):
+                    setattr(row, c.key, getattr(run, c.key))
+            row.finished_at, row.lease_until = run.finished_at or datetime.now(UTC), None
             stored = set(s.scalars(select(Step.seq).where(Step.run_id == run.id)))
             for i, st in enumerate(steps):
                 if i not in stored:
@@ -242,12 +241,15 @@ class TrajectoryStore:
 
         self._write(write)
 
-    def renew_runs(self, owner: str, lease_s: float) -> int:
-        """Extend the lease of every run ``owner`` is running; returns how many."""
+    def renew_runs(self, owner: str, run_ids: Collection[str], lease_s: float) -> int:
+        """Extend the lease of the runs ``run_ids`` that ``owner`` is running; returns how many.
+        Only the runs named: one its process has given up on (finish_run failed) must lapse."""
+        if not run_ids:
+            return 0
 
         def write(s: Session) -> int:
             until = self._now(s) + timedelta(seconds=lease_s)
-            stmt = update(Run).where(Run.owner == owner, Run.status == "running")
+            stmt = update(Run).where(Run.owner == owner, Run.status == "running", Run.id.in_(list(run_ids)))
             return s.execute(stmt.values(lease_until=until)).rowcount
 
         return self._write(write)

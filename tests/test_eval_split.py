@@ -110,7 +110,7 @@ def _runs_per_case(store: TrajectoryStore, eval_id: str) -> Counter:
 
 
 def _pid(owner: str | None) -> int | None:
-    return int(owner.split(":")[-2]) if owner else None
+    return int(owner.split(":")[1]) if owner else None  # host:pid[:start]:nonce
 
 
 def _wait_until(cond, procs, tmp_path: Path, names, timeout: float = 180.0):

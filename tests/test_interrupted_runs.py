@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy.exc import OperationalError
 
-from app.runtime import CaseRequest
+from app.runtime import CaseRequest, RunNotFinished
 from data.images import load_image
-from data.leases import owner_gone, process_owner
+from data.leases import HOST_CHARS, owner_gone, process_alive, process_owner, process_start
 from data.store import ImageIn, RewardIn, RunIn, TrajectoryStore
 from tests.loopback import LoopbackServer, QuietHandler
 from tests.scripted import ScriptedBackend, request_text
@@ -44,7 +45,7 @@ def _dead_owner() -> str:
     """The lease name of a process of this host that has exited."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    return f"{socket.gethostname()[:100]}:{proc.pid}:dead"
+    return f"{socket.gethostname()[:HOST_CHARS]}:{proc.pid}:dead"
 
 
 def test_owner_gone_only_for_an_exited_process_of_this_host():
@@ -98,10 +99,39 @@ def test_interrupted_when_its_process_is_gone_or_its_lease_lapsed(store):
     # a renewed lease holds; one not renewed lapses and whoever looks marks it
     begin("renewed", "other-host:9:z", 0.3)
     begin("forgotten", "other-host:10:w", 0.3)
+    begin("given-up", "other-host:9:z", 0.3)  # same owner, but not among the runs it renews
     for _ in range(3):
         time.sleep(0.15)
-        assert store.renew_runs("other-host:9:z", 0.3) == 1
-    assert store.mark_interrupted() == ["forgotten"]
+        assert store.renew_runs("other-host:9:z", ["renewed", "forgotten"], 0.3) == 1
+    assert store.renew_runs("other-host:9:z", [], 0.3) == 0
+    assert sorted(store.mark_interrupted()) == ["forgotten", "given-up"]
+
+
+def test_finish_run_refuses_a_run_never_begun(store):
+    with pytest.raises(LookupError, match="never begun"):
+        store.finish_run(RunIn(id="nobody", thread_id="t", question="q", status="ok"), [])
+    assert store.get_run("nobody") is None
+
+
+def _reused_pid_owner() -> str:
+    """The lease name of an earlier process that had this process's pid (as pid 1 is, in a container
+    restarted): this pid, an earlier start time."""
+    start = process_start(os.getpid())
+    if start is None:
+        pytest.skip("no /proc: process start times are unknown here")
+    return f"{socket.gethostname()[:HOST_CHARS]}:{os.getpid()}:{int(start) - 1}:old"
+
+
+def test_owner_gone_when_its_pid_now_names_another_process():
+    start = process_start(os.getpid())
+    assert not owner_gone(process_owner()) and process_owner().split(":")[2] == start
+    assert owner_gone(_reused_pid_owner())
+    assert not owner_gone(f"{socket.gethostname()[:HOST_CHARS]}:{os.getpid()}:x")  # no start: pid only
+    assert process_alive(os.getpid(), start) and process_alive(os.getpid(), None)
+    assert not process_alive(os.getpid(), str(int(start) - 1))
+    dead = int(_dead_owner().split(":")[1])
+    assert not process_alive(dead, None) and not process_alive(dead, start)
+    assert len(process_owner()) <= 128  # the owner columns' width
 
 
 @pytest.fixture
@@ -147,13 +177,68 @@ def test_runtime_records_the_owner_and_a_stopped_run_is_kept(scripted_runtime):
     assert follow.status == "ok" and follow.thread_id == stopped.thread_id
 
 
+def test_a_run_whose_end_cannot_be_stored_is_marked_and_its_lease_not_renewed(scripted_runtime, monkeypatch):
+    rt, _ = scripted_runtime
+    dropped = OperationalError("UPDATE runs", {}, Exception("server closed the connection unexpectedly"))
+
+    def drop(*_a, **_k):
+        raise dropped
+
+    monkeypatch.setattr(rt.store, "finish_run", drop)  # the database goes away as the run ends
+    with pytest.raises(RunNotFinished) as caught:
+        rt.ask(_request(rt))
+    row = rt.store.get_run(caught.value.run_id)
+    assert row.status == "interrupted" and [s.node for s in row.steps] == [
+        "triage",
+        "specialist",
+        "attending",
+    ]
+
+    # and when even marking it fails, it stays running but its lease is no longer renewed: it lapses
+    marking = rt.store.mark_interrupted
+    monkeypatch.setattr(
+        rt.store, "mark_interrupted", lambda run_ids=None, **kw: drop() if run_ids else marking(**kw)
+    )
+    with pytest.raises(RunNotFinished) as caught:
+        rt.ask(_request(rt))
+    before = rt.store.get_run(caught.value.run_id)
+    assert before.status == "running" and rt._in_flight == set()
+    time.sleep(0.05)
+    rt._keep_leases()  # what the lease keeper does every 20 s
+    assert rt.store.get_run(caught.value.run_id).lease_until == before.lease_until
+
+
+def test_the_chat_neither_calls_a_running_run_finished_nor_judges_an_unfinished_one(
+    scripted_runtime, tmp_path
+):
+    from ui.chat import ChatController, ChatSession, Transcript
+
+    rt, box = scripted_runtime
+    transcript = Transcript(str)  # a reopened run that another process still answers
+    transcript.on_event({"event": "run_finished", "run_id": "r1", "status": "running", "error": None})
+    (message,) = transcript.messages
+    assert "still being answered by another process" in message["content"] and "`r1`" in message["content"]
+
+    box["raise"] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        rt.ask(_request(rt))
+    (stopped,) = rt.store.list_runs(status="interrupted")
+    controller = ChatController(rt, rt.settings.ui, tmp_path / "previews")
+    _, note = controller.verdict(stopped.id, True, None, ChatSession(run_ids=[stopped.id]))
+    assert (
+        "was interrupted: it has no answer to judge" in note and rt.store.latest_verdicts([stopped.id]) == {}
+    )
+
+
 def test_a_new_runtime_marks_runs_of_dead_processes(scripted_runtime, make_runtime):
     rt, _ = scripted_runtime
     rt.store.begin_run(RunIn(id="orphan", thread_id="orphan", question="q", status="ok"), [],
                        owner=_dead_owner(), lease_s=600)  # fmt: skip
-    assert rt.store.get_run("orphan").status == "running"
-    make_runtime(backends=rt.backends)  # the app's next start
-    assert rt.store.get_run("orphan").status == "interrupted"
+    rt.store.begin_run(RunIn(id="pid-reused", thread_id="pid-reused", question="q", status="ok"), [],
+                       owner=_reused_pid_owner(), lease_s=600)  # fmt: skip
+    assert rt.store.get_run("orphan").status == rt.store.get_run("pid-reused").status == "running"
+    make_runtime(backends=rt.backends)  # the app's next start, its pid reused or not
+    assert rt.store.get_run("orphan").status == rt.store.get_run("pid-reused").status == "interrupted"
 
 
 class AttendingHolds(LoopbackServer):
@@ -307,6 +392,9 @@ def test_ui_killed_during_the_attending_step_reopens_the_case_interrupted(tmp_pa
                 chat.get_by_text("Triage →").count() == 1 and chat.get_by_text("Specialist · ").count() == 1
             )
             assert chat.get_by_text("Answer:").count() == 0
+            verdict = page.locator("#verdict-1")  # no answer to judge: no verdict buttons
+            expect(verdict).to_contain_text("no verdict: the run was interrupted")
+            assert verdict.locator(".verdict-correct, .verdict-wrong").count() == 0
             assert chat.locator("img").count() >= 1  # its image, from the store
             shot(page, "interrupted-case")
             page.click("#open-trace")
@@ -341,3 +429,46 @@ def test_runs_list_filters_by_each_status_and_refuses_another(tmp_path, monkeypa
     assert "gone-run" not in runner.invoke(app, ["runs", "list", "--status", "running"]).output
     bad = runner.invoke(app, ["runs", "list", "--status", "lost"])
     assert bad.exit_code == 2 and "running, interrupted" in bad.output
+
+
+def _read_only(url: str) -> str:
+    """``url`` opened read-only: SQLite's ``mode=ro``, a PostgreSQL session that refuses writes."""
+    if url.startswith("sqlite:///"):
+        return f"sqlite:///file:{url.removeprefix('sqlite:///')}?mode=ro&uri=true"
+    return f"{url}&options=-c%20default_transaction_read_only%3Don"
+
+
+def test_runs_list_and_show_read_a_read_only_database(db_url, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    store = TrajectoryStore(db_url)
+    store.begin_run(RunIn(id="gone-run", thread_id="g", question="q", status="ok"), [],
+                    owner=_dead_owner(), lease_s=60)  # fmt: skip
+    store.close()
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", _read_only(db_url))
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", "list"], env={"COLUMNS": "200"})
+    assert listed.exit_code == 0, listed.output
+    row = next(line for line in listed.stdout.splitlines() if "gone-run" in line)
+    assert "running" in row  # as stored: nothing could mark it
+    assert listed.stderr.count("not marked interrupted") == 1 and "Traceback" not in listed.output
+    shown = runner.invoke(app, ["runs", "show", "gone-run", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["status"] == "running" and "not marked interrupted" in shown.stderr
+
+
+def test_export_offers_finished_runs_only(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from data.schema import FINISHED_STATUSES, RUN_STATUSES
+
+    assert set(FINISHED_STATUSES) < set(RUN_STATUSES)
+    monkeypatch.setenv("MMEDAGENT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MMEDAGENT_DB_URL", f"sqlite:///{tmp_path / 'store.db'}")
+    args = ["export", "--role", "attending", "--out", str(tmp_path / "out"), "--status"]
+    bad = CliRunner().invoke(app, [*args, "interrupted"])
+    assert bad.exit_code == 2 and f"must be one of {', '.join(FINISHED_STATUSES)}" in bad.output

@@ -24,7 +24,7 @@ import gradio as gr
 
 from app.feedback import FeedbackError, record_verdict
 from app.policies import policy_name
-from app.runtime import CaseRequest, CaseResult, InputError
+from app.runtime import CaseRequest, CaseResult, InputError, RunNotFinished
 from data.answers import is_correct, match_option, option_letters
 from data.images import ImageError, LoadedImage, encode_png, load_image
 from data.store import run_to_dict
@@ -231,7 +231,16 @@ class Transcript:
             self._open.pop(key)
         run = f"run `{event['run_id']}`"
         what = {"error": "The run failed", "interrupted": "The run was interrupted"}.get(event.get("status"))
-        if what:
+        if event.get("status") == "running":  # a reopened run that another process is answering
+            self.messages.append(
+                {
+                    "role": "assistant",
+                    "content": "⏳ **This question is still being answered by another process.** "
+                    f"The steps that finished so far are stored as {run}; reopen the case later "
+                    "for its answer.",
+                }
+            )
+        elif what:
             self.messages.append(
                 {
                     "role": "assistant",
@@ -363,7 +372,7 @@ class ChatController:
             except InputError as exc:
                 events.put(exc)
             except Exception as exc:  # a bug, not the user's input: logged with its traceback
-                log.exception("case failed before it could be stored")
+                log.exception("case failed (nothing stored, or its end not stored)")
                 events.put(exc)
             finally:
                 events.put(done)
@@ -453,6 +462,13 @@ class ChatController:
                     session.run_ids.append(item.run_id)
                     if req.gold_answer and item.status == "ok":
                         transcript.messages.append(right_answer(item.answer, req.gold_answer, options))
+                elif isinstance(item, RunNotFinished):  # recorded when it started: not "nothing"
+                    transcript.messages.append(
+                        _error(
+                            "The case could not be finished: an internal error (see the server log). "
+                            f"Its steps so far are kept as run `{item.run_id}`."
+                        )
+                    )
                 elif isinstance(item, Exception):
                     problem = (
                         str(item)
@@ -534,6 +550,9 @@ class ChatController:
             return gr.skip(), "⏳ A question is being answered: give verdicts once it has finished."
         if run_id not in session.run_ids:
             return gr.skip(), "⚠️ That answer is not part of the case on screen."
+        run = self.runtime.store.get_run(run_id)
+        if run is not None and run.status != "ok":
+            return gr.skip(), f"⚠️ Run `{run_id}` {_UNANSWERED[run.status]}: it has no answer to judge."
         try:
             record_verdict(
                 self.runtime.store, run_id, correct=correct, answer=None if correct else right_answer
@@ -635,6 +654,10 @@ class ChatTab:
     recent_choices: Any
 
 
+# Why a run has no answer to give a verdict on, by its status (every status but ok).
+_UNANSWERED = {"error": "failed", "interrupted": "was interrupted", "running": "is still running"}
+
+
 def _verdict_button(label: str, kind: str, run_id: str, busy: bool, **style: Any) -> gr.Button:
     """✓ Correct or ✗ Wrong for one run; its key names its listener too (see :func:`_verdict_row`)."""
     return gr.Button(
@@ -658,6 +681,13 @@ def _verdict_row(
     re-render still reaches its handler instead of one the render has removed.
     """
     n, run_id = item["n"], item["run_id"]
+    if item["status"] != "ok":  # no answer to judge: no verdict controls
+        with gr.Row(elem_id=f"verdict-{n}", elem_classes=["verdict-row"]):
+            gr.Markdown(
+                f"**Answer {n}:** —  \n<sub>no verdict: the run {_UNANSWERED[item['status']]}</sub>",
+                elem_classes=["verdict-text"],
+            )
+        return
     if item["verdict"] is None:
         current = "no verdict yet"
     else:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from data.difficulty import LEVELS
 from data.export import FORMATS, ExportError, ExportFilter, count_rows, export, parse_since
-from data.schema import ROLES
+from data.schema import FINISHED_STATUSES, ROLES
 from data.store import TrajectoryStore
 from ui.policy_names import policy_names
 from ui.queries import reward_histogram, step_counts
@@ -132,7 +132,7 @@ def build_trajectories_tab(store: TrajectoryStore, workdir: Path) -> Trajectorie
     with gr.Row():
         role = gr.Dropdown(list(ROLES), value="attending", label="Role", elem_id="export-role")
         fmt = gr.Dropdown(list(FORMATS), value="parquet", label="Format", elem_id="export-format")
-        status = gr.Dropdown(["any", "ok", "error"], value="ok", label="Run status")
+        status = gr.Dropdown(["any", *FINISHED_STATUSES], value="ok", label="Run status")
         since = gr.Textbox(label="Since (ISO date, or 24h / 7d / 2w)", elem_id="export-since")
     with gr.Row():
         difficulty = gr.CheckboxGroup(list(LEVELS), label="Difficulty (none ticked: all)")

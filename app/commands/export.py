@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from app.commands.common import console, err, fail, open_store
 from data.export import ExportError, ExportFilter, count_rows, export, parse_since
+from data.schema import FINISHED_STATUSES
 
 
 def export_command(
@@ -19,7 +20,9 @@ def export_command(
     since: Annotated[
         str | None, typer.Option(help="runs since an ISO date/datetime (UTC) or a look-back: 24h, 7d, 2w")
     ] = None,
-    status: Annotated[str | None, typer.Option(help="only runs with this status: ok | error")] = None,
+    status: Annotated[
+        str | None, typer.Option(help=f"only runs with this status: {' | '.join(FINISHED_STATUSES)}")
+    ] = None,
     with_gold: Annotated[
         bool,
         typer.Option("--with-gold", help="only cases with a gold label (triage: specialty, else answer)"),
@@ -31,8 +34,8 @@ def export_command(
     batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="rows per batch/row group")] = 256,
 ) -> None:
     """Export stored steps as an RL dataset (one row per model call; TRL-ready parquet/hf)."""
-    if status not in (None, "ok", "error"):
-        fail(f"--status must be ok or error, not {status!r}")
+    if status not in (None, *FINISHED_STATUSES):
+        fail(f"--status must be one of {', '.join(FINISHED_STATUSES)}, not {status!r}")
     try:
         flt = ExportFilter(
             role=role,

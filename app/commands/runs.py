@@ -8,15 +8,31 @@ from dataclasses import asdict
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
-from app.commands.common import console, fail, open_store
+from app.commands.common import console, err, fail, open_store
 from app.run_terminal import diff_table, print_run, timeline_table
 from data.run_view import diff_runs, run_report
 from data.run_view import timeline as timeline_bars
 from data.schema import RUN_STATUSES
+from data.store import TrajectoryStore
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect stored runs (trajectories).")
+
+
+def _mark_interrupted(store: TrajectoryStore) -> None:
+    """Mark the runs whose process is gone; on a database this cannot write to, warn and read on."""
+    try:
+        store.mark_interrupted()
+    except DBAPIError as exc:
+        err.print(
+            f"[yellow]warning:[/yellow] runs whose process is gone are not marked interrupted "
+            f"(the database refused a write: {escape(str(exc.orig).strip())})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @runs_app.command("list")
@@ -28,7 +44,7 @@ def runs_list(
     if status not in (None, *RUN_STATUSES):
         fail(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
     with closing(open_store()) as store:
-        store.mark_interrupted()  # runs whose process is gone, found here first
+        _mark_interrupted(store)  # runs whose process is gone, found here first
         runs = store.list_runs(limit=limit, status=status)
     table = Table()
     table.add_column("run_id", no_wrap=True, min_width=32)
@@ -58,7 +74,7 @@ def runs_show(
     """One run with every step: completion, parse, tokens, latency, policy version, rewards; the
     gold answer. ``--json`` adds the exact prompts; ``--timeline`` draws the calls on a time axis."""
     with closing(open_store()) as store:
-        store.mark_interrupted()
+        _mark_interrupted(store)
         report = run_report(store, run_id)
     if report is None:
         fail(f"no run {run_id!r}")
