@@ -25,11 +25,12 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from data.leases import process_start
 from data.synthetic import make_case
 from tests.test_ui_client import FAST, ask, run_id_of
 from tests.ui_server import chromium, free_port, serving
 from ui.file_access import ServedToTheirClient
-from ui.served import APP, MARKER, process_start, stop_on_signals
+from ui.served import APP, MARKER, stop_on_signals
 
 SCRIPT = """
 import sys

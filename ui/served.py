@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from types import FrameType
 
+from data.leases import process_alive, process_start
+
 log = logging.getLogger(__name__)
 
 MARKER = "owner.json"
@@ -32,28 +34,6 @@ _process_folder: Path | None = None
 def served_root() -> Path:
     """The folder holding every process's served files (one per user of the machine)."""
     return Path(tempfile.gettempdir()) / f"{APP}-{os.getuid()}"
-
-
-def process_start(pid: int) -> str | None:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or None if it is gone."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat_line.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
-
-
-def _alive(owner: dict) -> bool:
-    pid, started = owner["pid"], owner["started"]
-    if Path("/proc/self/stat").exists():
-        return process_start(pid) == started  # a reused pid has another start time
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _owner(folder: Path) -> dict | None:
@@ -77,7 +57,7 @@ def sweep(root: Path) -> list[Path]:
         if folder.is_symlink() or not folder.is_dir():
             continue
         owner = _owner(folder)
-        if owner is None or _alive(owner):
+        if owner is None or process_alive(owner["pid"], owner["started"]):  # a reused pid: another start
             continue
         shutil.rmtree(folder, ignore_errors=True)
         removed.append(folder)
