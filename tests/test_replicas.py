@@ -119,6 +119,8 @@ def test_a_follow_up_through_a_second_process_sees_the_earlier_turn(
 def test_the_case_link_reopens_it_on_another_replica_which_continues_it(
     shared_db, tiny_model_dir, tiny_backend, first_turn, tmp_path
 ):
+    from playwright.sync_api import expect
+
     from tests.test_ui_browser import STEP_TIMEOUT_MS, send, short_runtime
     from tests.ui_server import chromium, serving
 
@@ -131,7 +133,7 @@ def test_the_case_link_reopens_it_on_another_replica_which_continues_it(
             page.goto(f"{url}/?case={first['thread_id']}")
             chat = page.locator("#case-chat")
             chat.get_by_text(case.question).wait_for()  # replica 1's turn, reopened here
-            assert first["run_id"] in page.locator("#case-status").inner_text()
+            expect(page.locator("#case-status")).to_contain_text(first["run_id"])
             asked = len(runtime.store.list_runs(thread_id=first["thread_id"]))
             page.locator(f"#verdict-{asked}").wait_for()  # every earlier turn is shown
             send(page, "Is it benign?", [])
