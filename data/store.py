@@ -293,6 +293,10 @@ class TrajectoryStore:
                     marked.append(r.id)
             return marked
 
+        if run_ids is None:  # the periodic sweep: a write transaction only when a run is running
+            with self.session() as s:
+                if s.scalar(select(Run.id).where(Run.status == "running").limit(1)) is None:
+                    return []
         marked = self._write(write)
         if marked:
             log.warning("marked %d run(s) interrupted: %s", len(marked), ", ".join(marked))
