@@ -14,7 +14,20 @@ rows for the same number of steps; next to chance, copy-the-majority and the per
 ceiling. Held-out accuracy overall / per difficulty / per image clarity, each with a 95% bootstrap
 CI over held-out cases, and the paired difference curriculum - mixed on hard cases.
 ``--json FILE`` writes ``{"attending": {seed: {method: {all, easy, medium, hard}}}}`` (and
-``{"triage": {seed: {before, grpo}}}``).
+``{"triage": {seed: {before, grpo}}}``, ``{"claims": ...}``).
+
+The paper's claims (``--part claims``, docs/learning.md): on the realistic clinic (rl/simulated.py
+``CLINICS``: few hard cases, specialists mostly right, the attending's own reading noisy; 256
+training cases), from its own format warm-up: gold-label SFT, mixed GRPO, curriculum GRPO with
+the policy saved as each stage ends (the stage ablation: easy; easy + medium; all three, in
+order), and the curriculum without the entropy bonus. Each is scored on two held-out splits of
+140 cases, a third of each level: the realistic clinic (``in``) and the shifted one no method
+trains or warms up on (``shifted``: a panel of five worded otherwise). Paired differences with
+95% bootstrap CIs (``PAIRED``: curriculum - mixed on hard cases, the stage ablation and the
+entropy bonus on hard cases, GRPO - SFT on the shifted split and in distribution), then, per
+difference, each seed's figure and on how many seeds its CI lies above zero. ``--json``:
+``{"claims": {seed: {"methods": {method: {split: {group: mean}}}, "paired": {label: [mean, lo,
+hi]}}}}``.
 
 Accuracy is greedy decoding through the serving backend (app/backends/local.py), on held-out cases
 of another seed, scored by rl/evaluation.py (per case, bootstrap intervals; the learning curve
@@ -23,8 +36,8 @@ scores the live policy with ``model_accuracy``). Recipes are read by rl/grpo.py 
 ``train_grpo`` and the warm-ups and the SFT baseline by rl/sft.py with the recipe's ``format_sft``
 section. Wall times are measured here, on whatever else the machine is running.
 
-    .venv/bin/python bench/learning.py [--part triage|attending|all] [--seeds 0 1 2] [--steps N]
-        [--methods image-only sft mixed curriculum-no-entropy curriculum] [--json FILE]
+    .venv/bin/python bench/learning.py [--part triage|attending|claims|all] [--seeds 0 1 2]
+        [--steps N] [--methods image-only sft mixed curriculum-no-entropy curriculum] [--json FILE]
 """
 
 from __future__ import annotations
@@ -58,7 +71,7 @@ from rl.datasets import (  # noqa: E402
 from rl.evaluation import bootstrap_ci, model_accuracy, per_case, score_policy  # noqa: E402
 from rl.grpo import TrainSpec, parse_args, train_grpo  # noqa: E402
 from rl.sft import format_sft, gold_completions, train_sft  # noqa: E402
-from rl.simulated import majority_answer  # noqa: E402
+from rl.simulated import THIRDS, majority_answer  # noqa: E402
 
 # The format warm-up per role is the recipe's format_sft section (tiny-triage: 200 steps,
 # tiny-attending: 600). The attending's warm-up must also learn to read the finding's mark and the
@@ -227,6 +240,11 @@ def group_of(row: dict[str, Any], group: str) -> bool:
     return group == "all" or group in (row["difficulty"], row["clarity"])
 
 
+def in_group(right: list[float], rows: list[dict[str, Any]], group: str) -> list[float]:
+    """The per-case values of the rows in ``group``."""
+    return [x for x, r in zip(right, rows, strict=True) if group_of(r, group)]
+
+
 def summarise(
     right: list[float], rows: list[dict[str, Any]], seed: int
 ) -> dict[str, tuple[float, float, float]]:
@@ -234,9 +252,46 @@ def summarise(
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    return {
-        g: bootstrap_ci([x for x, r in zip(right, rows, strict=True) if group_of(r, g)], rng) for g in GROUPS
-    }
+    return {g: bootstrap_ci(in_group(right, rows, g), rng) for g in GROUPS}
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOPlan:
+    """The attending's GRPO variants on one set of rows, all the same length.
+
+    Every variant makes the curriculum's number of steps, so the same number of generated
+    completions: the mixed stage makes as many passes over all rows as the curriculum's stages
+    (each padded to whole batches, with its replayed rows) make together. ``stage_ends``: the step
+    at which each curriculum stage but the last ends (the stage ablation's checkpoints).
+    """
+
+    steps: int
+    variants: dict[str, dict[str, Any]]
+    stage_ends: dict[int, str]
+
+    @classmethod
+    def of(cls, paper: Any, rows: list[dict[str, Any]]) -> GRPOPlan:
+        batch = paper.prompts_per_step
+        ordered, spans = order_rows(rows, paper.stages, batch=batch, curriculum=True)
+        mixed = dataclasses.replace(paper.mixed_stage, epochs=len(ordered) / len(rows))
+        no_entropy = [dataclasses.replace(s, gamma=0.0) for s in paper.stages]
+        names = [sp.stage.name for sp in spans]
+        ends = {(sp.start + sp.rows) // batch: "+".join(names[: i + 1]) for i, sp in enumerate(spans[:-1])}
+        return cls(
+            steps=len(ordered) // batch,
+            variants={
+                "mixed": {"curriculum": False, "mixed_stage": mixed},
+                "curriculum-no-entropy": {"stages": no_entropy},
+                "curriculum": {},
+            },
+            stage_ends=ends,
+        )
+
+
+def sft_steps(spec: TrainSpec, rows: list[dict[str, Any]]) -> int:
+    """Gold SFT's steps: as many passes over the rows as the curriculum's stages make on average."""
+    epochs = sum(s.epochs for s in spec.recipe.stages) / len(spec.recipe.stages)
+    return max(1, round(len(rows) * epochs / sft_batch(spec)))
 
 
 def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -255,23 +310,12 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "ceiling": (ceiling_per_case(held), 0, 0, 0.0),
         "before": (attending_per_case(warm, held, tokens), 0, 0, 0.0),
     }  # fmt: skip
-    # Every GRPO variant makes the curriculum's number of steps, so the same number of generated
-    # completions: the mixed stage makes as many passes over all rows as the curriculum's stages
-    # (each padded to whole batches, with its replayed rows) make together.
-    ordered, _ = order_rows(rows, paper.stages, batch=paper.prompts_per_step, curriculum=True)
-    steps = len(ordered) // paper.prompts_per_step
-    mixed = dataclasses.replace(paper.mixed_stage, epochs=len(ordered) / len(rows))
-    no_entropy = [dataclasses.replace(s, gamma=0.0) for s in paper.stages]
-    variants = {
-        "image-only": ({}, False),
-        "mixed": ({"curriculum": False, "mixed_stage": mixed}, True),
-        "curriculum-no-entropy": ({"stages": no_entropy}, True),
-        "curriculum": ({}, True),
-    }
+    plan = GRPOPlan.of(paper, rows)
+    variants = {"image-only": ({}, False), **{name: (change, True) for name, change in plan.variants.items()}}
     for name in args.methods:
         if name in variants:
             change, with_opinions = variants[name]
-            recipe = paper.replace(**change, max_steps=steps)
+            recipe = paper.replace(**change, max_steps=plan.steps)
             train = rows if with_opinions else synthetic_attending_rows(len(rows), seed=seed, opinions=False)
             test = (
                 held
@@ -287,9 +331,7 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
             right = attending_per_case(str(run.policy_path), test, tokens)
             out[name] = (right, run.steps, completions, run.wall_s)
         elif name == "sft":
-            epochs = sum(s.epochs for s in paper.stages) / len(paper.stages)
-            sft_steps = max(1, round(len(rows) * epochs / sft_batch(spec)))
-            sft = gold_sft(spec, warm, rows, "attending", sft_steps, work / "sft", seed)
+            sft = gold_sft(spec, warm, rows, "attending", sft_steps(spec, rows), work / "sft", seed)
             out["sft"] = (
                 attending_per_case(str(sft.policy_path), held, tokens),
                 sft.steps,
@@ -297,6 +339,135 @@ def attending(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
                 sft.wall_s,
             )
     return out
+
+
+# --- the paper's two claims (docs/learning.md "The paper's claims") ---------------------------------
+
+# Held-out splits: the clinic trained on, and the shifted one nobody trains or warms up on; each a
+# third easy / medium / hard, so every level is measured on about as many cases.
+SPLITS = {"in": "realistic", "shifted": "shifted"}
+CLAIM_CELLS = (("in", "all"), *(("in", level) for level in LEVELS), ("shifted", "all"), ("shifted", "hard"))
+# (label, method a, method b, split, group): a - b, paired over that group's held-out cases.
+PAIRED = (
+    ("curriculum - mixed", "curriculum", "mixed", "in", "hard"),
+    ("curriculum - stage easy", "curriculum", "stages: easy", "in", "hard"),
+    ("curriculum - stages easy+medium", "curriculum", "stages: easy+medium", "in", "hard"),
+    ("entropy bonus on - off", "curriculum", "curriculum-no-entropy", "in", "hard"),
+    ("curriculum - SFT", "curriculum", "sft", "shifted", "all"),
+    ("mixed - SFT", "mixed", "sft", "shifted", "all"),
+    ("curriculum - SFT", "curriculum", "sft", "in", "all"),
+)
+
+
+class StageCheckpoints(TrainerCallback):
+    """The curriculum run's policy saved as each stage but the last ends: the paper's stage ablation
+    (easy; easy + medium; all three) read off one run trained in order."""
+
+    def __init__(self, ends: Mapping[int, str], out: Path):
+        self.ends, self.out = ends, out
+        self.saved: dict[str, tuple[Path, int]] = {}
+
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, processing_class: Any = None, **_: Any
+    ) -> None:
+        name = self.ends.get(state.global_step)
+        if name:
+            path = self.out / name
+            model.save_pretrained(path)
+            processing_class.save_pretrained(path)
+            self.saved[name] = (path, state.global_step)
+
+
+def claims(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Per-case held-out correctness, in distribution and shifted, of every method the claims
+    compare, trained on the realistic clinic from its own format warm-up."""
+    spec = read_recipe(args.attending_recipe, seed)
+    paper = spec.recipe
+    rows = synthetic_attending_rows(args.claims_rows, seed=seed, clinic=SPLITS["in"])
+    held = {
+        split: synthetic_attending_rows(args.heldout, seed=10_000 + seed, clinic=clinic, mix=THIRDS)
+        for split, clinic in SPLITS.items()
+    }
+    warmup = list(iter_attending_warmup_rows(seed, clinic=SPLITS["in"]))
+    warm, warm_s, warm_steps = warm_start(spec, seed, warmup, "attending", work, args)
+    tokens = paper.max_completion_length
+
+    def scored(model: str | Path) -> dict[str, list[float]]:
+        return {split: attending_per_case(str(model), h, tokens) for split, h in held.items()}
+
+    models: dict[str, tuple[dict[str, list[float]], int, float]] = {
+        "chance": ({k: [1 / len(r["options"]) for r in h] for k, h in held.items()}, 0, 0.0),
+        "majority": ({k: majority_per_case(h) for k, h in held.items()}, 0, 0.0),
+        "ceiling": ({k: ceiling_per_case(h) for k, h in held.items()}, 0, 0.0),
+        "before": (scored(warm), 0, 0.0),
+    }
+    sft = gold_sft(spec, warm, rows, "attending", sft_steps(spec, rows), work / "sft", seed)
+    models["sft"] = (scored(sft.policy_path), sft.steps, sft.wall_s)
+    plan = GRPOPlan.of(paper, rows)
+    for name in ("curriculum", "curriculum-no-entropy", "mixed"):
+        stages = StageCheckpoints(plan.stage_ends, work / "stages") if name == "curriculum" else None
+        run = train_grpo(
+            paper.replace(**plan.variants[name], max_steps=plan.steps), starting_from(spec, warm),
+            "attending", rows, work / name, callbacks=[stages] if stages else [],
+        )  # fmt: skip
+        for stage, (path, step) in (stages.saved if stages else {}).items():
+            models[f"stages: {stage}"] = (scored(path), step, 0.0)
+        models[name] = (scored(run.policy_path), run.steps, run.wall_s)
+    return {"held": held, "models": models, "warm_s": warm_s, "warm_steps": warm_steps, "rows": rows}
+
+
+def paired(result: dict[str, Any], seed: int) -> dict[str, tuple[float, float, float]]:
+    """Each PAIRED difference with its 95% bootstrap CI over the cases it is paired on."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 1)
+    out = {}
+    for label, a, b, split, group in PAIRED:
+        if a in result["models"] and b in result["models"]:
+            right_a, right_b = result["models"][a][0][split], result["models"][b][0][split]
+            diff = [x - y for x, y in zip(right_a, right_b, strict=True)]
+            held = result["held"][split]
+            out[f"{label}, {split}, {group}"] = bootstrap_ci(in_group(diff, held, group), rng)
+    return out
+
+
+def print_claims(seed: int, result: dict[str, Any], report: dict[str, Any]) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    figures: dict[str, Any] = {}
+    for name, (right, steps, wall) in result["models"].items():
+        stats = {
+            (split, group): bootstrap_ci(in_group(right[split], result["held"][split], group), rng)
+            for split, group in CLAIM_CELLS
+        }
+        print(f"{seed:4d}  {name:24s} " + "  ".join(cell(stats[c]) for c in CLAIM_CELLS)
+              + f"  {steps:5d} {wall:7.1f}", flush=True)  # fmt: skip
+        for (split, group), stat in stats.items():
+            figures.setdefault(name, {}).setdefault(split, {})[group] = round(stat[0], 4)
+    differences = paired(result, seed)
+    for label, (mean, lo, hi) in differences.items():
+        print(f"{seed:4d}  {label} (paired): {mean:+.3f} [{lo:+.3f},{hi:+.3f}]", flush=True)
+    report[str(seed)] = {
+        "methods": figures,
+        "paired": {k: [round(x, 4) for x in v] for k, v in differences.items()},
+        "warm_s": round(result["warm_s"], 1),
+    }
+
+
+def print_claims_summary(report: dict[str, Any]) -> None:
+    """Per paired difference: each seed's figure and on how many seeds its CI lies above / below 0."""
+    seeds = list(report)
+    if not seeds:
+        return
+    print("\nper claim, over seeds " + ", ".join(seeds) + " (95% CI above 0: holds on that seed)", flush=True)
+    for label in report[seeds[0]]["paired"]:
+        cells = [report[s]["paired"].get(label) for s in seeds]
+        shown = [c for c in cells if c]
+        above = sum(c[1] > 0 for c in shown)
+        below = sum(c[2] < 0 for c in shown)
+        print(f"  {label}: " + "; ".join(f"{c[0]:+.3f} [{c[1]:+.3f},{c[2]:+.3f}]" for c in shown)
+              + f"  -> above 0 on {above} of {len(shown)}, below 0 on {below}", flush=True)  # fmt: skip
 
 
 def cell(stat: tuple[float, float, float]) -> str:
@@ -326,7 +497,7 @@ def print_attending(seed: int, result: dict[str, Any], report: dict[str, Any]) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("triage", "attending", "all"), default="all")
+    ap.add_argument("--part", choices=("triage", "attending", "claims", "all"), default="all")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="GRPO steps for triage (default: the recipe's)")
     ap.add_argument(
@@ -337,6 +508,9 @@ def main() -> None:
     )
     ap.add_argument("--heldout", type=int, default=140, help="held-out cases per evaluation")
     ap.add_argument("--attending-rows", type=int, default=384, help="attending training cases")
+    ap.add_argument(
+        "--claims-rows", type=int, default=256, help="training cases of the realistic clinic (--part claims)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--triage-recipe", default="tiny-triage", help="a recipe name in rl/recipes/ or a path")
     ap.add_argument(
@@ -382,6 +556,20 @@ def main() -> None:
                 f" | {r['warm_steps']:13d} {r['warm_s']:3.0f}",
                 flush=True,
             )
+    if args.part in ("claims", "all"):
+        print(
+            "\nthe paper's claims: attending held-out accuracy (greedy) [95% bootstrap CI over cases],"
+            " trained on the realistic clinic; held out in distribution and shifted", flush=True,
+        )  # fmt: skip
+        print("seed  method                   " + "  ".join(f"{s + ' ' + g:17s}" for s, g in CLAIM_CELLS)
+              + "  steps train s", flush=True)  # fmt: skip
+        claimed = report.setdefault("claims", {})
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory(prefix=f"learn-claims-{seed}-") as tmp:
+                result = claims(seed, Path(tmp), args)
+                print_claims(seed, result, claimed)
+            print(f"{seed:4d}  warm-up {result['warm_steps']} steps {result['warm_s']:.0f} s", flush=True)
+        print_claims_summary(claimed)
     if args.part in ("attending", "all"):
         print(
             "\nattending: held-out accuracy (greedy) [95% bootstrap CI over cases]; chance = 1/4", flush=True

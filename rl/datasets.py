@@ -31,7 +31,8 @@ from data.synthetic import SyntheticCase, iter_cases, make_case
 from graph import prompts
 from rl.rewards import answer_accuracy_value
 from rl.simulated import (
-    UNCLEAR_SHARE,
+    CLINICS,
+    Clinic,
     KnownCase,
     image_digest,
     majority_answer,
@@ -139,34 +140,39 @@ def iter_synthetic_attending_rows(
     *,
     seed: int = 0,
     size: int = LEARNING_IMAGE_SIZE,
+    clinic: Clinic | str = "balanced",
     mix: Mapping[str, float] | None = None,
-    n_specialists: int = 3,
-    unclear_share: float = UNCLEAR_SHARE,
     opinions: bool = True,
 ) -> Iterator[Row]:
     """``n`` attending rows whose specialists' opinions are simulated with a known ``s``.
 
-    ``mix`` gives the share of easy / medium / hard cases (default: a third each); rl/simulated.py's
-    ``plan_case`` draws each case's number of right specialists and its image clarity: on clear
-    images the finding's mark gives the answer, so the attending can be right where every
-    specialist is wrong; unclear images occur only where every specialist is right. The
-    consulted specialists are the gold specialty first, then others, as a perfect triage would
-    choose them. ``opinions=False`` leaves them out of the prompt (the attending alone, ``single``
-    mode). Rows also carry ``clarity``, ``seen`` (what the image visibly shows: the modality and the
-    finding or "unclear"), ``shown`` (the finding's option text on a clear image, else None) and
-    ``said`` (the option text the specialists' majority names; None without opinions), for the
-    format warm-up (rl/sft.py).
+    ``clinic`` (a :class:`rl.simulated.Clinic` or a name in ``CLINICS``) sets the share of easy /
+    medium / hard cases (``mix`` overrides it), the panel's size, where images are unclear and how
+    the specialists write; rl/simulated.py's ``plan_case`` draws each case's number of right
+    specialists and its image clarity: on clear images the finding's mark gives the answer, so the
+    attending can be right where every specialist is wrong; unclear images occur only where the
+    opinions' majority is right. The consulted specialists are the gold specialty first, then
+    others, as a perfect triage would choose them. ``opinions=False`` leaves them out of the prompt
+    (the attending alone, ``single`` mode). Rows also carry ``clarity``, ``seen`` (what the image
+    visibly shows: the modality and the finding or "unclear"), ``shown`` (the finding's option
+    text on a clear image, else None) and ``said`` (the option text the specialists' majority
+    names; None without opinions), for the format warm-up (rl/sft.py).
     """
-    mix = dict(mix or {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3})
-    if set(mix) - {"easy", "medium", "hard"} or min(mix.values()) < 0 or sum(mix.values()) <= 0:
-        raise DatasetError(f"mix must weigh easy/medium/hard, got {mix}")
+    setup = CLINICS[clinic] if isinstance(clinic, str) else clinic
+    if mix is not None:
+        try:
+            setup = setup.with_mix(dict(mix))
+        except ValueError as e:
+            raise DatasetError(str(e)) from e
+    n_specialists = setup.n_specialists
     rng = random.Random(f"attending|{seed}")
     for index in range(n):
-        plan = plan_case(rng, mix, n_specialists, unclear_share)
+        plan = plan_case(rng, setup)
         case = make_case(index, seed=seed, size=size, clarity=plan.clarity)
         others = [s for s in SPECIALTIES if s != case.specialty]
         consulted = [case.specialty, *rng.sample(others, n_specialists - 1)]
-        planned = planned_opinions(known_case(case), plan.n_right, consulted, seed=seed)
+        known = known_case(case)
+        planned = planned_opinions(known, plan.n_right, consulted, seed=seed, wording=setup.wording)
         row = attending_row(
             case.question,
             case.options,
@@ -209,9 +215,11 @@ def iter_synthetic_specialist_rows(
         }
 
 
-def iter_attending_warmup_rows(seed: int = 0, n: int = ATTENDING_WARMUP_CASES) -> Iterator[Row]:
-    """The synthetic clinic's cases for the attending's format warm-up (rl/sft.py): its own draw
-    (seed ``ATTENDING_WARMUP_SEED + seed``), apart from the training rows (``seed``) and the
+def iter_attending_warmup_rows(
+    seed: int = 0, n: int = ATTENDING_WARMUP_CASES, clinic: Clinic | str = "balanced"
+) -> Iterator[Row]:
+    """The synthetic ``clinic``'s cases for the attending's format warm-up (rl/sft.py): its own
+    draw (seed ``ATTENDING_WARMUP_SEED + seed``), apart from the training rows (``seed``) and the
     held-out ones that bench/learning.py and the tests draw (``10_000 + seed``).
 
     The warm-up stands in for what a pretrained VLM brings: reading the image and the opinions.
@@ -219,7 +227,7 @@ def iter_attending_warmup_rows(seed: int = 0, n: int = ATTENDING_WARMUP_CASES) -
     rows by heart instead (seed 0, held-out: the think named the image's finding right on 0.883 of
     clear images and the unclear cases' majority on 0.757); on 2,400 cases of its own, 0.981 and
     1.000."""
-    return iter_synthetic_attending_rows(n, seed=ATTENDING_WARMUP_SEED + seed)
+    return iter_synthetic_attending_rows(n, seed=ATTENDING_WARMUP_SEED + seed, clinic=clinic)
 
 
 # --- stored trajectories -----------------------------------------------------------------------

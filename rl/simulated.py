@@ -11,6 +11,7 @@ case names the same wrong option (its decoy), so on hard cases the opinions agre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -44,13 +45,23 @@ class KnownCase:
     answer: str
 
 
-def opinion_text(options: Sequence[str], letter: str) -> str:
-    """A specialist's opinion naming option ``letter`` by its text, in the strict think/answer format.
+WORDINGS = ("text", "letter")
 
-    The answer is the option's text, spelled as the options spell it (the graph matches letters and
-    texts alike): an attending can take an opinion's answer over verbatim.
+
+def opinion_text(options: Sequence[str], letter: str, wording: str = "text") -> str:
+    """A specialist's opinion naming option ``letter``, in the strict think/answer format.
+
+    ``"text"`` (every clinic the attending trains on): the think describes the finding and the answer
+    is the option's text, spelled as the options spell it (the graph matches letters and texts
+    alike), so an attending can take an opinion's answer over verbatim. ``"letter"`` (the shifted
+    held-out clinic): the think names the option by its letter and the answer is the option as
+    listed, letter first (``B) Mass``).
     """
     text = next((option_text(o) for o in options if option_letter(o) == letter), letter)
+    if wording == "letter":
+        return f"<think>Findings favour option {letter}.</think><answer> {letter}) {text}</answer>"
+    if wording != "text":
+        raise ValueError(f"wording must be one of {WORDINGS}, got {wording!r}")
     return f"<think>The image shows {text.lower()}.</think><answer> {text}</answer>"
 
 
@@ -64,9 +75,9 @@ def decoy(case: KnownCase, seed: int) -> str:
     return random.Random(f"{seed}|{case.key}|decoy").choice([x for x in letters if x != case.answer])
 
 
-def draw_opinion(case: KnownCase, specialty: str, right: bool, seed: int) -> str:
+def draw_opinion(case: KnownCase, specialty: str, right: bool, seed: int, wording: str = "text") -> str:
     """The opinion ``specialty`` gives on ``case``: the gold option when ``right``, else the decoy."""
-    return opinion_text(case.options, case.answer if right else decoy(case, seed))
+    return opinion_text(case.options, case.answer if right else decoy(case, seed), wording)
 
 
 def is_right(case: KnownCase, specialty: str, p_right: float, seed: int) -> bool:
@@ -75,7 +86,7 @@ def is_right(case: KnownCase, specialty: str, p_right: float, seed: int) -> bool
 
 
 def planned_opinions(
-    case: KnownCase, n_right: int, specialties: Sequence[str], seed: int = 0
+    case: KnownCase, n_right: int, specialties: Sequence[str], seed: int = 0, wording: str = "text"
 ) -> list[tuple[str, str]]:
     """Opinions of ``specialties`` with exactly ``n_right`` of them right (which ones: drawn)."""
     if not 0 <= n_right <= len(specialties):
@@ -83,15 +94,81 @@ def planned_opinions(
     order = list(specialties)
     random.Random(f"{seed}|{case.key}|plan").shuffle(order)
     right = set(order[:n_right])
-    return [(s, draw_opinion(case, s, s in right, seed)) for s in specialties]
+    return [(s, draw_opinion(case, s, s in right, seed, wording)) for s in specialties]
 
 
-# The share of unclear images among the cases whose specialists all agree on the right answer (the
-# only cases an unclear image may have: every case stays answerable from the evidence it shows, and
+# The share of unclear images among the cases an unclear image may have, in the balanced clinic
+# (where every specialist is right: every case stays answerable from the evidence it shows, and
 # from opinions the tiny model reads reliably: with unclear images on 2-to-1 cases too, its warm-up
 # read the majority right on 14 of 18 such held-out cases, and after curriculum GRPO it answered 8
 # of the 18 right, seed 0).
 UNCLEAR_SHARE = 0.75
+THIRDS = {"easy": 1 / 3, "medium": 1 / 3, "hard": 1 / 3}
+UNCLEAR_ON = ("unanimous", "majority")
+
+
+@dataclass(frozen=True)
+class Clinic:
+    """How a synthetic attending clinic draws its cases (docs/synthetic-clinic.md).
+
+    ``mix``: the shares of easy / medium / hard cases. ``n_specialists``: the panel's size.
+    ``unclear_share``: how many of the cases an unclear image may have get one; ``unclear_on``:
+    which cases may (``"unanimous"``: every specialist right; ``"majority"``: most of them right, so
+    the attending's own reading is noisy on medium cases too). ``wording``: how the specialists
+    write (rl/simulated.py ``opinion_text``). Hard and minority-right cases always have a clear
+    image, so every case is answerable from the evidence it shows.
+    """
+
+    name: str
+    mix: tuple[tuple[str, float], ...] = tuple(THIRDS.items())
+    n_specialists: int = 3
+    unclear_share: float = UNCLEAR_SHARE
+    unclear_on: str = "unanimous"
+    wording: str = "text"
+
+    def __post_init__(self) -> None:
+        shares = dict(self.mix)
+        if set(shares) - {"easy", "medium", "hard"} or min(shares.values()) < 0 or sum(shares.values()) <= 0:
+            raise ValueError(f"mix must weigh easy/medium/hard, got {shares}")
+        if self.unclear_on not in UNCLEAR_ON or self.wording not in WORDINGS:
+            raise ValueError(f"unclear_on must be one of {UNCLEAR_ON} and wording one of {WORDINGS}")
+        if not 0 <= self.unclear_share <= 1 or self.n_specialists < 2:
+            raise ValueError("unclear_share must be in [0, 1] and a panel needs 2 specialists or more")
+
+    def with_mix(self, mix: dict[str, float]) -> Clinic:
+        """The same clinic with other shares of easy / medium / hard cases (a stratified test set)."""
+        return dataclasses.replace(self, mix=tuple(mix.items()))
+
+    def may_be_unclear(self, n_right: int) -> bool:
+        """May a case with ``n_right`` specialists right have an unclear image? (the evidence left,
+        the opinions, must still give the answer)"""
+        if self.unclear_on == "unanimous":
+            return n_right == self.n_specialists
+        return 2 * n_right > self.n_specialists
+
+
+# The clinics bench/learning.py measures (docs/synthetic-clinic.md says why each is built so;
+# every setting was fixed before any result on them was seen).
+CLINICS = {
+    clinic.name: clinic
+    for clinic in (
+        # Where the attending bar and the learning test were set: a third of each level, unclear
+        # images only where the panel is unanimous.
+        Clinic("balanced"),
+        # The paper's setting: most cases easy and few hard, specialists mostly right, and the
+        # attending's own reading noisy (an unclear image on half the cases a majority gets right).
+        Clinic(
+            "realistic", mix=(("easy", 0.6), ("medium", 0.3), ("hard", 0.1)),
+            unclear_share=0.5, unclear_on="majority",
+        ),
+        # Held out only, never trained or warmed up on: the realistic clinic with a panel of five
+        # (other majorities: 3-2, 4-1) whose opinions are worded otherwise and answer by letter.
+        Clinic(
+            "shifted", mix=(("easy", 0.6), ("medium", 0.3), ("hard", 0.1)),
+            n_specialists=5, unclear_share=0.5, unclear_on="majority", wording="letter",
+        ),
+    )
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,21 +179,21 @@ class CasePlan:
     clarity: str
 
 
-def plan_case(
-    rng: random.Random, mix: dict[str, float], n_specialists: int, unclear_share: float = UNCLEAR_SHARE
-) -> CasePlan:
-    """Draw a case's plan: difficulty from ``mix`` (a medium case has 1..n-1 specialists right), then
-    an unclear image with probability ``unclear_share`` where every specialist is right (easy).
+def plan_case(rng: random.Random, clinic: Clinic) -> CasePlan:
+    """Draw a case's plan: difficulty from the clinic's mix (a medium case has 1..n-1 specialists
+    right), then an unclear image with probability ``unclear_share`` where the clinic allows one.
 
-    Hard cases (every specialist wrong, on one shared decoy) and medium ones always have a clear
-    image: copying the majority fails on every hard case and on some medium ones, and the image
-    gives the answer. On unclear images the opinions are the only evidence, and they are right.
+    Hard cases (every specialist wrong, on one shared decoy) always have a clear image: copying the
+    majority fails on every hard case, and the image gives the answer. On unclear images the
+    opinions are the only evidence, and their majority is right.
     """
+    mix = dict(clinic.mix)
+    n = clinic.n_specialists
     level = rng.choices(list(mix), list(mix.values()))[0]
-    n_right = {"easy": n_specialists, "hard": 0}.get(level)
+    n_right = {"easy": n, "hard": 0}.get(level)
     if n_right is None:
-        n_right = rng.randint(1, n_specialists - 1)
-    unclear = n_right == n_specialists and rng.random() < unclear_share
+        n_right = rng.randint(1, n - 1)
+    unclear = clinic.may_be_unclear(n_right) and rng.random() < clinic.unclear_share
     return CasePlan(n_right, "unclear" if unclear else "clear")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def bench():
     spec = importlib.util.spec_from_file_location("bench_learning", ROOT / "bench" / "learning.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -83,3 +85,76 @@ def test_summary_draws_the_same_bootstrap_as_before(bench):
         for g in bench.GROUPS
     }
     assert bench.summarise(right, rows, 7) == expected  # the same draws: the same floats
+
+
+def test_stage_ablation_checkpoints_sit_where_the_curriculum_changes_stage(bench):
+    """The stage ablation's checkpoints (easy; easy+medium) are taken at the step whose batch is the
+    last of that stage: the next step's batch is the next stage's, on the rows the bench trains."""
+    from rl.curriculum import order_rows
+
+    paper = bench.read_recipe("tiny-attending", 0).recipe
+    rows = synthetic_attending_rows(256, seed=0, size=56, clinic="realistic")
+    plan = bench.GRPOPlan.of(paper, rows)
+    ordered, _ = order_rows(rows, paper.stages, batch=paper.prompts_per_step, curriculum=True)
+    batch = paper.prompts_per_step
+    assert sorted(plan.stage_ends.values()) == ["easy", "easy+medium"]
+    for step, name in plan.stage_ends.items():
+        assert ordered[step * batch - 1]["stage"] == name.rsplit("+", 1)[-1]
+        assert ordered[step * batch]["stage"] != ordered[step * batch - 1]["stage"]
+    assert plan.steps == len(ordered) // batch
+    # Mixed GRPO makes as many steps: its one stage passes over every row as often.
+    mixed = plan.variants["mixed"]["mixed_stage"]
+    assert round(len(rows) * mixed.epochs) == len(ordered)
+    assert all(s.gamma == 0 for s in plan.variants["curriculum-no-entropy"]["stages"])
+
+
+def test_stage_checkpoint_is_a_policy_the_serving_backend_loads(bench, tiny_model_dir, tmp_path):
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from app.backends.local import TransformersBackend
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_model_dir)
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    saver = bench.StageCheckpoints({3: "easy"}, tmp_path)
+    state = type("State", (), {"global_step": 2})()
+    saver.on_step_end(None, state, None, model=model, processing_class=processor)
+    assert saver.saved == {}
+    state.global_step = 3
+    saver.on_step_end(None, state, None, model=model, processing_class=processor)
+    assert saver.saved == {"easy": (tmp_path / "easy", 3)}
+    rows = synthetic_attending_rows(2, seed=0, size=56)
+    assert len(bench.attending_per_case(str(tmp_path / "easy"), rows, 8)) == 2
+    assert TransformersBackend(str(tmp_path / "easy")).model_id
+
+
+def test_paired_differences_and_the_claims_summary(bench, capsys):
+    """a - b per case on the pair's split and group only, and the per-seed count of CIs above zero."""
+    held = {
+        "in": synthetic_attending_rows(60, seed=1, size=56, clinic="realistic", mix=bench.THIRDS),
+        "shifted": synthetic_attending_rows(60, seed=1, size=56, clinic="shifted", mix=bench.THIRDS),
+    }
+    hard = [r["difficulty"] == "hard" for r in held["in"]]
+    ones, zeros = {k: [1.0] * 60 for k in held}, {k: [0.0] * 60 for k in held}
+    models = {
+        "curriculum": ({"in": [float(h) for h in hard], "shifted": ones["shifted"]}, 0, 0.0),
+        "mixed": (zeros, 0, 0.0),
+        "sft": (ones, 0, 0.0),
+    }
+    out = bench.paired({"held": held, "models": models}, 0)
+    assert set(out) == {
+        "curriculum - mixed, in, hard", "curriculum - SFT, shifted, all", "mixed - SFT, shifted, all",
+        "curriculum - SFT, in, all",
+    }  # fmt: skip
+    assert out["curriculum - mixed, in, hard"] == (1.0, 1.0, 1.0)  # right on every hard case
+    assert out["curriculum - SFT, shifted, all"] == (0.0, 0.0, 0.0)
+    assert out["mixed - SFT, shifted, all"] == (-1.0, -1.0, -1.0)
+    share = 1 - sum(hard) / 60
+    assert out["curriculum - SFT, in, all"][0] == pytest.approx(-share)
+    report = {s: {"paired": {k: list(v) for k, v in out.items()}} for s in ("0", "1")}
+    report["1"]["paired"]["curriculum - mixed, in, hard"] = [-0.2, -0.3, -0.1]
+    bench.print_claims_summary(report)
+    printed = capsys.readouterr().out
+    assert "curriculum - mixed, in, hard: +1.000 [+1.000,+1.000]; -0.200 [-0.300,-0.100]" in printed
+    assert "above 0 on 1 of 2, below 0 on 1" in printed
+    both_below = "-1.000 [-1.000,-1.000]; -1.000 [-1.000,-1.000]  -> above 0 on 0 of 2, below 0 on 2"
+    assert f"mixed - SFT, shifted, all: {both_below}" in printed

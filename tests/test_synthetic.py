@@ -234,3 +234,78 @@ def test_attending_clinic_needs_both_the_image_and_the_opinions() -> None:
     single = synthetic_attending_rows(30, seed=6, size=56, opinions=False)
     assert all("No specialist opinions" in r["prompt"][1]["content"][-1]["text"] for r in single)
     assert [r["case_id"] for r in single] == [r["case_id"] for r in rows[:30]]
+
+
+def _opinions(row: dict) -> list[str]:
+    text = row["prompt"][1]["content"][-1]["text"].split("Specialist opinions:\n", 1)[1]
+    return [line.split("] ", 1)[1] for line in text.splitlines()]
+
+
+def test_realistic_clinic_has_rare_hard_cases_and_a_noisy_own_reading() -> None:
+    """The paper's setting: mostly easy, few hard; unclear images wherever the majority is right
+    (2-to-1 medium cases too), never where it is wrong, so every case stays answerable."""
+    from rl.datasets import synthetic_attending_rows
+    from rl.simulated import majority_answer
+
+    rows = synthetic_attending_rows(600, seed=3, size=56, clinic="realistic")
+    shares = Counter(r["difficulty"] for r in rows)
+    assert 0.54 < shares["easy"] / 600 < 0.66 and 0.25 < shares["medium"] / 600 < 0.35
+    assert 0.06 < shares["hard"] / 600 < 0.14
+    unclear_medium = 0
+    for row in rows:
+        opinions = _opinions(row)
+        assert len(opinions) == 3
+        majority_right = majority_answer(opinions, row["options"]) == row["answer"]
+        assert majority_right or row["clarity"] == "clear"
+        unclear_medium += row["difficulty"] == "medium" and row["clarity"] == "unclear"
+    assert unclear_medium > 10
+    unclear = [r for r in rows if majority_answer(_opinions(r), r["options"]) == r["answer"]]
+    assert 0.4 < sum(r["clarity"] == "unclear" for r in unclear) / len(unclear) < 0.6
+    # A stratified test set of the same clinic: a third of each level.
+    held = synthetic_attending_rows(
+        300, seed=3, size=56, clinic="realistic", mix=dict.fromkeys(("easy", "medium", "hard"), 1)
+    )
+    assert all(80 < n < 120 for n in Counter(r["difficulty"] for r in held).values())
+
+
+def test_shifted_clinic_changes_the_panel_not_the_cases() -> None:
+    """Five specialists worded otherwise, answering by letter; the same cases and options, and the
+    majority and difficulty still read right from the opinions."""
+    from graph.parse import parse_think_answer
+    from rl.datasets import synthetic_attending_rows
+    from rl.simulated import majority_answer
+
+    shifted = synthetic_attending_rows(200, seed=4, size=56, clinic="shifted")
+    realistic = synthetic_attending_rows(200, seed=4, size=56, clinic="realistic")
+    assert {r["difficulty"] for r in shifted} == {"easy", "medium", "hard"}
+    assert [(r["options"], r["answer"]) for r in shifted] == [(r["options"], r["answer"]) for r in realistic]
+    for row in shifted:
+        opinions = _opinions(row)
+        assert len(opinions) == 5
+        assert all(o.startswith("<think>Findings favour option ") for o in opinions)
+        answers = [parse_think_answer(o).answer.strip() for o in opinions]
+        assert set(answers) <= set(row["options"])  # the option as listed, letter first
+        gold = next(x for x in row["options"] if x[0] == row["answer"])
+        right = answers.count(gold)
+        assert row["difficulty"] == {5: "easy", 0: "hard"}.get(right, "medium")
+        majority_right = majority_answer(opinions, row["options"]) == row["answer"]
+        assert majority_right == (2 * right > 5)
+        assert majority_right or row["clarity"] == "clear"
+        assert (row["said"] == gold[3:]) == majority_right
+    # The realistic clinic's opinions answer with the option's text, never its letter.
+    texts = {o[3:] for r in realistic for o in r["options"]}
+    assert all(parse_think_answer(o).answer.strip() in texts for r in realistic for o in _opinions(r))
+
+
+def test_clinic_settings_are_checked() -> None:
+    from rl.datasets import DatasetError, synthetic_attending_rows
+    from rl.simulated import Clinic
+
+    for bad in ({"mix": (("impossible", 1.0),)}, {"unclear_on": "sometimes"}, {"wording": "emoji"},
+                {"unclear_share": 1.5}, {"n_specialists": 1}):  # fmt: skip
+        with pytest.raises(ValueError):
+            Clinic("bad", **bad)
+    with pytest.raises(DatasetError, match="mix must weigh"):
+        synthetic_attending_rows(3, clinic="realistic", mix={"easy": -1.0})
+    with pytest.raises(KeyError):
+        synthetic_attending_rows(3, clinic="nowhere")
