@@ -147,28 +147,20 @@ class Clinic:
         return 2 * n_right > self.n_specialists
 
 
-# The clinics bench/learning.py measures (docs/synthetic-clinic.md says why each is built so;
-# every setting was fixed before any result on them was seen).
-CLINICS = {
-    clinic.name: clinic
-    for clinic in (
-        # Where the attending bar and the learning test were set: a third of each level, unclear
-        # images only where the panel is unanimous.
-        Clinic("balanced"),
-        # The paper's setting: most cases easy and few hard, specialists mostly right, and the
-        # attending's own reading noisy (an unclear image on half the cases a majority gets right).
-        Clinic(
-            "realistic", mix=(("easy", 0.6), ("medium", 0.3), ("hard", 0.1)),
-            unclear_share=0.5, unclear_on="majority",
-        ),
-        # Held out only, never trained or warmed up on: the realistic clinic with a panel of five
-        # (other majorities: 3-2, 4-1) whose opinions are worded otherwise and answer by letter.
-        Clinic(
-            "shifted", mix=(("easy", 0.6), ("medium", 0.3), ("hard", 0.1)),
-            n_specialists=5, unclear_share=0.5, unclear_on="majority", wording="letter",
-        ),
-    )
-}  # fmt: skip
+# Where the attending bar and the learning test were set: a third of each level, unclear images only
+# where the panel is unanimous.
+BALANCED = Clinic("balanced")
+# The paper's setting: most cases easy and few hard, specialists mostly right, and the attending's
+# own reading noisy (an unclear image on half the cases a majority gets right).
+REALISTIC = Clinic(
+    "realistic", mix=(("easy", 0.6), ("medium", 0.3), ("hard", 0.1)), unclear_share=0.5, unclear_on="majority"
+)
+# Held out only, never trained or warmed up on: the realistic clinic with a panel of five (other
+# majorities: 3-2, 4-1) whose opinions are worded otherwise and answer by letter.
+SHIFTED = dataclasses.replace(REALISTIC, name="shifted", n_specialists=5, wording="letter")
+# The clinics bench/learning.py measures (docs/synthetic-clinic.md says why each is built so; every
+# setting was fixed before any result on them was seen).
+CLINICS = {clinic.name: clinic for clinic in (BALANCED, REALISTIC, SHIFTED)}
 
 
 @dataclass(frozen=True)
