@@ -413,7 +413,7 @@ def claims(seed: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
         for stage, (path, step) in (stages.saved if stages else {}).items():
             models[f"stages: {stage}"] = (scored(path), step, 0.0)
         models[name] = (scored(run.policy_path), run.steps, run.wall_s)
-    return {"held": held, "models": models, "warm_s": warm_s, "warm_steps": warm_steps, "rows": rows}
+    return {"held": held, "models": models, "warm_s": warm_s, "warm_steps": warm_steps}
 
 
 def paired(result: dict[str, Any], seed: int) -> dict[str, tuple[float, float, float]]:

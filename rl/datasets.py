@@ -158,6 +158,8 @@ def iter_synthetic_attending_rows(
     text on a clear image, else None) and ``said`` (the option text the specialists' majority
     names; None without opinions), for the format warm-up (rl/sft.py).
     """
+    if isinstance(clinic, str) and clinic not in CLINICS:
+        raise DatasetError(f"unknown clinic {clinic!r}: one of {', '.join(CLINICS)}")
     setup = CLINICS[clinic] if isinstance(clinic, str) else clinic
     if mix is not None:
         try:

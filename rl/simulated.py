@@ -132,8 +132,10 @@ class Clinic:
             raise ValueError(f"mix must weigh easy/medium/hard, got {shares}")
         if self.unclear_on not in UNCLEAR_ON or self.wording not in WORDINGS:
             raise ValueError(f"unclear_on must be one of {UNCLEAR_ON} and wording one of {WORDINGS}")
-        if not 0 <= self.unclear_share <= 1 or self.n_specialists < 2:
-            raise ValueError("unclear_share must be in [0, 1] and a panel needs 2 specialists or more")
+        if not 0 <= self.unclear_share <= 1 or not 2 <= self.n_specialists <= len(SPECIALTIES):
+            raise ValueError(
+                f"unclear_share must be in [0, 1] and a panel 2 to {len(SPECIALTIES)} specialists"
+            )
 
     def with_mix(self, mix: dict[str, float]) -> Clinic:
         """The same clinic with other shares of easy / medium / hard cases (a stratified test set)."""

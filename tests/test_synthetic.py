@@ -302,10 +302,10 @@ def test_clinic_settings_are_checked() -> None:
     from rl.simulated import Clinic
 
     for bad in ({"mix": (("impossible", 1.0),)}, {"unclear_on": "sometimes"}, {"wording": "emoji"},
-                {"unclear_share": 1.5}, {"n_specialists": 1}):  # fmt: skip
+                {"unclear_share": 1.5}, {"n_specialists": 1}, {"n_specialists": 8}):  # fmt: skip
         with pytest.raises(ValueError):
             Clinic("bad", **bad)
     with pytest.raises(DatasetError, match="mix must weigh"):
         synthetic_attending_rows(3, clinic="realistic", mix={"easy": -1.0})
-    with pytest.raises(KeyError):
+    with pytest.raises(DatasetError, match="unknown clinic 'nowhere': one of balanced, realistic, shifted"):
         synthetic_attending_rows(3, clinic="nowhere")
